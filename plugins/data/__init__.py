@@ -1,0 +1,1 @@
+"""Embedded synthetic COCO-format dataset for demos and tests (framework-free)."""
