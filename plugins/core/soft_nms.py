@@ -1,0 +1,435 @@
+"""Soft-NMS (Bodla et al. 2017, https://arxiv.org/abs/1704.04503), vectorised over classes.
+
+Semantics follow mmcv 2.1.0's CPU ``soft_nms`` (``mmcv/ops/csrc/pytorch/cpu/nms.cpp``), offset 0:
+
+* Repeatedly pick the remaining box with the highest current score, then multiply the score of
+  every other remaining box by a weight of its IoU with the picked box:
+  ``"gaussian"``: ``exp(-iou^2 / sigma)`` for every box; ``"linear"``: ``1 - iou`` when
+  ``iou >= iou_threshold`` and 1 otherwise. A box whose score falls below ``score_threshold``
+  (mmcv's ``min_score``) is discarded.
+* Ties: mmcv keeps the boxes in one array in input order. Picking box ``m`` swaps it with the
+  first remaining slot; discarding a box moves the *last* remaining box into its slot. The
+  argmax takes the first slot holding the maximum. This module reproduces that slot
+  bookkeeping exactly (per class), so ties resolve as in ``mmcv.ops.soft_nms``.
+
+Algorithm: boxes are grouped by class into a padded ``(C, Nmax)`` layout, the pairwise weight
+matrices ``(C, Nmax, Nmax)`` are computed once (classes are processed in chunks so that this
+stays under a memory bound; a class too large for the bound computes its weight rows on the
+fly), then the greedy selection runs for all classes of a chunk in lock-step: ``Nmax`` steps of
+vectorised argmax / decay / compaction. On CPU the loop shrinks its window and exits early; on
+other devices it runs without host synchronisation.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from plugins.core._validate import check_choice, check_positive, check_tensor
+
+__all__ = ["soft_nms", "batched_soft_nms"]
+
+_METHODS = ("linear", "gaussian", "hard")
+# Upper bound on elements of one (C, Nmax, Nmax) weight block (float32: 4 bytes each).
+_MAX_BLOCK = 1 << 21
+
+
+def _pairwise_iou(boxes: Tensor, check_degenerate: bool = True) -> Tensor:
+    """IoU of every pair within each group: ``(C, N, 4) -> (C, N, N)``; 0 where union <= 0.
+
+    The arithmetic mirrors mmcv's CPU kernel (offset 0) so that float32 values agree bit for
+    bit: ``inter / (area_i + area_j - inter)``.
+    """
+    x1, y1, x2, y2 = (boxes[..., k].contiguous() for k in range(4))
+    area = (x2 - x1).mul_(y2 - y1)
+    iw = torch.minimum(x2[:, :, None], x2[:, None, :])
+    iw.sub_(torch.maximum(x1[:, :, None], x1[:, None, :])).clamp_(min=0)
+    ih = torch.minimum(y2[:, :, None], y2[:, None, :])
+    ih.sub_(torch.maximum(y1[:, :, None], y1[:, None, :])).clamp_(min=0)
+    inter = iw.mul_(ih)
+    union = torch.add(area[:, :, None], area[:, None, :]).sub_(inter)
+    iou = inter.div_(union)
+    if check_degenerate:
+        iou.masked_fill_(~(union > 0), 0.0)
+    return iou
+
+
+class _Rows:
+    """Weight rows ``w[c, sel_c, :]`` for a group: from a precomputed ``(C, N, N)`` matrix, or
+    computed on the fly when that matrix would exceed the memory bound."""
+
+    def __init__(self, boxes: Tensor, method: str, sigma: float, iou_threshold: float) -> None:
+        c, n = boxes.shape[:2]
+        self.c, self.n = c, n
+        self.method, self.sigma, self.iou_threshold = method, sigma, iou_threshold
+        self.boxes = boxes
+        self.base = torch.arange(c, device=boxes.device) * n
+        area = (boxes[..., 2] - boxes[..., 0]) * (boxes[..., 3] - boxes[..., 1])
+        self.degenerate = bool((area <= 0).any()) if boxes.device.type == "cpu" else True
+        if c * n * n <= _MAX_BLOCK:
+            iou = _pairwise_iou(boxes, self.degenerate)
+            self.flat: Tensor | None = self._weight(iou).view(c * n, n)
+        else:
+            self.flat = None
+
+    def _weight(self, iou: Tensor) -> Tensor:
+        """Decay factor of each IoU (in place where possible), clamped to the smallest
+        normal float > 0 so that ``-inf * w`` (dead slots) stays ``-inf`` instead of NaN; a
+        live score times ``tiny`` is below any positive threshold, as a score times 0."""
+        if self.method == "gaussian":
+            # mmcv: exp(-(iou * iou) / sigma); x / -s == -x / s exactly.
+            w = iou.mul_(iou).div_(-self.sigma).exp_()
+        else:
+            w = torch.where(iou >= self.iou_threshold, 1.0 - iou, 1.0)
+        return w.clamp_(min=torch.finfo(w.dtype).tiny)
+
+    def __call__(self, sel: Tensor) -> Tensor:
+        """``sel`` ``(C,)`` box ids -> weights ``(C, N)`` indexed by box id."""
+        if self.flat is not None:
+            return self.flat.index_select(0, self.base + sel)
+        picked = self.boxes.gather(1, sel.view(-1, 1, 1).expand(-1, 1, 4))  # (C, 1, 4)
+        both = torch.cat([picked, self.boxes], dim=1)
+        return self._weight(_pairwise_iou(both, self.degenerate)[:, 0, 1:])
+
+
+def _fast_greedy(
+    scores: Tensor, rows: _Rows, score_threshold: float
+) -> tuple[Tensor, Tensor, bool]:
+    """Greedy soft-NMS without mmcv's slot bookkeeping (CPU).
+
+    Exact whenever no selection has a tied maximum; such ties are detected and reported.
+
+    Returns:
+        ``(sel_scores (T, C), sel_ids (T, C), tied)``; ``-inf`` marks steps where a class had
+        nothing left.
+    """
+    s = scores.clone()
+    c, n = s.shape
+    vals, ids = [], []
+    neg_inf = float("-inf")
+    for t in range(n):
+        if n >= 2:
+            v, i = s.topk(2, dim=1)
+        else:
+            v, i = s.max(dim=1, keepdim=True)
+        vals.append(v)
+        ids.append(i[:, 0])
+        if t + 1 == n:
+            break
+        s.scatter_(1, i[:, :1], neg_inf)
+        s.mul_(rows(i[:, 0]))
+        s.masked_fill_(s < score_threshold, neg_inf)
+        if t % 4 == 3 and s.max().item() == neg_inf:
+            break
+    v = torch.stack(vals)
+    tied = False
+    if v.shape[-1] == 2:
+        tied = bool(((v[..., 1] == v[..., 0]) & (v[..., 0] > neg_inf)).any())
+    return v[..., 0], torch.stack(ids), tied
+
+
+def _exact_greedy(
+    scores: Tensor, counts: Tensor, rows: _Rows, score_threshold: float, sync: bool
+) -> tuple[Tensor, Tensor]:
+    """Soft-NMS for ``C`` classes at once in mmcv's slot layout (exact tie handling).
+
+    Args:
+        scores: ``(C, N)`` scores, ``-inf`` in padding; slot order = input order in the class.
+        counts: ``(C,)`` int64 number of real boxes per class.
+        rows: weight-row provider of the group.
+        sync: allow host synchronisation (early exit, window shrinking, skipping no-op
+            compactions). ``False`` runs a fixed number of steps without syncing.
+
+    Returns:
+        ``(sel_scores (T, C), sel_ids (T, C))`` in selection order; entries at steps
+        ``>= n_c`` (nothing left) are ``-inf``.
+    """
+    c, n_max = scores.shape
+    dev = scores.device
+    slot_s = scores.clone()
+    slot_b = torch.arange(n_max, device=dev).expand(c, n_max).contiguous()
+    n = counts.clone()
+    end = n_max  # exclusive end of the window that can hold live slots
+    neg_inf = float("-inf")
+    out_s, out_b = [], []
+    for t in range(n_max):
+        if sync and t >= end:
+            break
+        win_s = slot_s[:, t:end]
+        win_b = slot_b[:, t:end]
+        p = win_s.argmax(dim=1, keepdim=True)  # first maximum, as mmcv's scan
+        sel_s = win_s.gather(1, p)
+        sel_b = win_b.gather(1, p)
+        # Swap the chosen slot with slot t (a no-op where p == 0).
+        win_s.scatter_(1, p, win_s[:, :1].clone())
+        win_b.scatter_(1, p, win_b[:, :1].clone())
+        out_s.append(sel_s[:, 0])
+        out_b.append(sel_b[:, 0])
+        if t + 1 >= end:
+            break
+        rest_s = slot_s[:, t + 1 : end]
+        rest_b = slot_b[:, t + 1 : end]
+        rest_s.mul_(rows(sel_b[:, 0]).gather(1, rest_b))
+        keep = rest_s >= score_threshold
+        kept = keep.sum(dim=1)
+        alive = (n - (t + 1)).clamp_(min=0)
+        if sync and bool((kept == alive).all()):
+            continue
+        # Compaction as mmcv: the k-th discarded slot (ascending) in the front part receives
+        # the k-th kept box counted from the back.
+        m = rest_s.shape[1]
+        j = torch.arange(m, device=dev)
+        front = j < kept[:, None]
+        hole = front & ~keep
+        mover = keep & ~front
+        hole_rank = hole.cumsum(1).sub_(1).clamp_(min=0)
+        mover_cum = mover.cumsum(1)
+        mover_rank = mover_cum[:, -1:] - mover_cum  # 0 for the last mover
+        by_rank = torch.zeros((c, m + 1), dtype=torch.long, device=dev)
+        by_rank.scatter_(1, torch.where(mover, mover_rank, m), j.expand(c, m))
+        src = torch.where(hole, by_rank.gather(1, hole_rank), j)
+        new_s = rest_s.gather(1, src).masked_fill_(~front, neg_inf)
+        rest_b.copy_(rest_b.gather(1, src))
+        rest_s.copy_(new_s)
+        n = torch.minimum(n, kept + (t + 1))
+        if sync:
+            end = t + 1 + int(kept.max())
+    out = torch.stack(out_s)
+    steps = torch.arange(out.shape[0], device=dev)[:, None]
+    out = out.masked_fill(steps >= n[None, :], neg_inf)
+    return out, torch.stack(out_b)
+
+
+def _plan_chunks(sizes: list[int]) -> list[tuple[int, int]]:
+    """Split classes (sorted by size, descending) into contiguous chunks.
+
+    Minimises a cost model ``sum_k (A * Nmax_k + B * C_k * Nmax_k^2)`` (A: per-step overhead,
+    B: per weight-matrix element) by dynamic programming, subject to the memory bound.
+    """
+    a_cost, b_cost = 60.0, 0.02  # microseconds
+    num = len(sizes)
+    best = [0.0] + [float("inf")] * num
+    prev = [0] * (num + 1)
+    for j in range(1, num + 1):
+        for i in range(j - 1, -1, -1):
+            w = max(sizes[i], 1)
+            count = j - i
+            if count * w * w > _MAX_BLOCK and count > 1:
+                break
+            cost = best[i] + a_cost * w + b_cost * count * w * w
+            if cost < best[j]:
+                best[j], prev[j] = cost, i
+    chunks = []
+    j = num
+    while j > 0:
+        chunks.append((prev[j], j))
+        j = prev[j]
+    return chunks[::-1]
+
+
+def _group_by_class(idxs: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Return ``(order, cls, slot, counts)``: a class-stable ordering of the boxes, each sorted
+    box's dense class id, its slot (rank within its class, in input order) and class sizes."""
+    _, inverse, counts = torch.unique(idxs, return_inverse=True, return_counts=True)
+    order = torch.argsort(inverse, stable=True)
+    cls = inverse[order]
+    starts = torch.cumsum(counts, 0) - counts
+    slot = torch.arange(idxs.numel(), device=idxs.device) - starts[cls]
+    return order, cls, slot, counts
+
+
+def _run(
+    boxes: Tensor,
+    scores: Tensor,
+    idxs: Tensor | None,
+    method: str,
+    sigma: float,
+    iou_threshold: float,
+    score_threshold: float,
+    max_detections: int,
+    sync: bool | None = None,
+    force_exact: bool = False,
+) -> tuple[Tensor, Tensor]:
+    dev = boxes.device
+    n_in = boxes.shape[0]
+    if n_in == 0:
+        return torch.zeros(0, dtype=torch.long, device=dev), scores.new_zeros(0)
+    if method == "hard":
+        return _hard(boxes, scores, idxs, iou_threshold, score_threshold, max_detections)
+    if sync is None:
+        sync = dev.type == "cpu"
+    work = torch.float64 if scores.dtype == torch.float64 else torch.float32
+    boxes_w = boxes.detach().to(work)
+    scores_w = scores.detach().to(work)
+
+    if idxs is None:
+        order = torch.arange(n_in, device=dev)
+        cls = torch.zeros(n_in, dtype=torch.long, device=dev)
+        slot = order
+        counts = torch.tensor([n_in], device=dev)
+    else:
+        order, cls, slot, counts = _group_by_class(idxs)
+    num_cls = counts.shape[0]
+    by_size = torch.argsort(counts, descending=True, stable=True)
+    sizes = counts[by_size].tolist()
+    table = torch.full((num_cls, int(sizes[0])), -1, dtype=torch.long, device=dev)
+    table[cls, slot] = order
+    chunks = _plan_chunks(sizes) if sync else [(0, num_cls)]
+
+    keep_parts, score_parts, cls_parts, step_parts = [], [], [], []
+    for lo, hi in chunks:
+        members = by_size[lo:hi]
+        width = max(int(sizes[lo]), 1)
+        table_g = table[members, :width]
+        valid = table_g >= 0
+        safe = table_g.clamp(min=0)
+        b_pad = boxes_w[safe].masked_fill_(~valid[..., None], 0.0)
+        s_pad = scores_w[safe].masked_fill_(~valid, float("-inf"))
+        rows = _Rows(b_pad, method, sigma, iou_threshold)
+        tied = True
+        if sync and not force_exact:
+            sel_s, sel_b, tied = _fast_greedy(s_pad, rows, score_threshold)
+        if tied:
+            sel_s, sel_b = _exact_greedy(s_pad, counts[members], rows, score_threshold, sync)
+        live = sel_s >= score_threshold  # (T, C); drops spent steps and a sub-threshold pick
+        steps = torch.arange(sel_s.shape[0], device=dev)[:, None].expand_as(sel_s)
+        keep_parts.append(safe.gather(1, sel_b.t()).t()[live])
+        score_parts.append(sel_s[live])
+        cls_parts.append(members[None, :].expand_as(sel_s)[live])
+        step_parts.append(steps[live])
+    keep = torch.cat(keep_parts)
+    out_scores = torch.cat(score_parts)
+    if len(chunks) > 1 or idxs is not None:
+        # Order: score descending; ties by class id, then selection order.
+        cls_all = torch.cat(cls_parts)
+        step_all = torch.cat(step_parts)
+        pre = torch.argsort(
+            cls_all * (int(step_all.max()) + 1 if step_all.numel() else 1) + step_all
+        )
+        keep, out_scores = keep[pre], out_scores[pre]
+    out_scores, perm = torch.sort(out_scores, descending=True, stable=True)
+    keep = keep[perm]
+    if max_detections >= 0:
+        keep, out_scores = keep[:max_detections], out_scores[:max_detections]
+    return keep, out_scores.to(scores.dtype)
+
+
+def _hard(
+    boxes: Tensor,
+    scores: Tensor,
+    idxs: Tensor | None,
+    iou_threshold: float,
+    score_threshold: float,
+    max_detections: int,
+) -> tuple[Tensor, Tensor]:
+    from torchvision.ops import batched_nms, nms
+
+    cand = torch.nonzero(scores >= score_threshold).flatten()
+    b, s = boxes[cand], scores[cand]
+    if idxs is None:
+        kept = nms(b, s, iou_threshold)
+    else:
+        kept = batched_nms(b, s, idxs[cand], iou_threshold)
+    keep = cand[kept]
+    if max_detections >= 0:
+        keep = keep[:max_detections]
+    return keep, scores[keep]
+
+
+def _check_common(
+    boxes: object,
+    scores: object,
+    method: str,
+    sigma: float,
+    iou_threshold: float,
+    max_detections: int,
+) -> dict[str, int]:
+    sizes: dict[str, int] = {}
+    check_tensor("boxes", boxes, ("N", 4), floating=True, sizes=sizes)
+    check_tensor("scores", scores, ("N",), floating=True, sizes=sizes)
+    check_choice("method", method, _METHODS)
+    check_positive("sigma", sigma)
+    check_positive("iou_threshold", iou_threshold, allow_zero=True)
+    if not isinstance(max_detections, int):
+        raise ValueError(f"max_detections: expected an int, got {max_detections!r}")
+    return sizes
+
+
+def soft_nms(
+    boxes: Tensor,
+    scores: Tensor,
+    method: str = "gaussian",
+    sigma: float = 0.5,
+    iou_threshold: float = 0.3,
+    score_threshold: float = 0.001,
+    max_detections: int = -1,
+) -> tuple[Tensor, Tensor]:
+    """Soft-NMS of Bodla et al. (2017), https://arxiv.org/abs/1704.04503.
+
+    Matches ``mmcv.ops.soft_nms(boxes, scores, iou_threshold, sigma, min_score=score_threshold,
+    method=method, offset=0)`` (kept indices, their order including ties, and decayed scores),
+    except that a first pick scoring below ``score_threshold`` is dropped (mmcv returns it).
+
+    Args:
+        boxes: ``Tensor[N, 4]`` ``(x1, y1, x2, y2)``, floating point.
+        scores: ``Tensor[N]`` floating point.
+        method: ``"gaussian"`` (weight ``exp(-iou^2 / sigma)``), ``"linear"`` (``1 - iou`` when
+            ``iou >= iou_threshold``) or ``"hard"`` (classic NMS: drop boxes with
+            ``iou > iou_threshold``, same as ``torchvision.ops.nms`` on the boxes with
+            ``score >= score_threshold``). Default ``"gaussian"``.
+        sigma: Gaussian width, ``> 0``. Default 0.5.
+        iou_threshold: IoU threshold of ``"linear"`` / ``"hard"``. Default 0.3.
+        score_threshold: boxes whose (decayed) score falls below it are discarded.
+            Default 0.001.
+        max_detections: keep at most this many (``< 0``: all). Default -1.
+
+    Returns:
+        ``(keep, new_scores)``: ``Tensor[K]`` int64 indices into ``boxes`` and ``Tensor[K]``
+        decayed scores (dtype of ``scores``), sorted by decayed score, descending.
+
+    Raises:
+        ValueError: wrong shapes / dtypes or bad parameters; the message names the argument.
+
+    Note:
+        IoU with a non-positive union (two zero-area boxes) is taken as 0; mmcv computes
+        ``0 / 0 = NaN`` there.
+    """
+    _check_common(boxes, scores, method, sigma, iou_threshold, max_detections)
+    return _run(boxes, scores, None, method, sigma, iou_threshold, score_threshold, max_detections)
+
+
+def batched_soft_nms(
+    boxes: Tensor,
+    scores: Tensor,
+    idxs: Tensor,
+    method: str = "gaussian",
+    sigma: float = 0.5,
+    iou_threshold: float = 0.3,
+    score_threshold: float = 0.001,
+    max_detections: int = -1,
+) -> tuple[Tensor, Tensor]:
+    """Soft-NMS applied independently per class id, all classes in parallel.
+
+    Equivalent to running :func:`soft_nms` on each class's boxes (in input order) and merging
+    the results by decayed score; boxes of different classes never interact. Matches
+    ``mmcv.ops.batched_nms(boxes, scores, idxs, dict(type="soft_nms", iou_threshold=...,
+    sigma=..., min_score=..., method=...))`` up to floating-point rounding (mmcv shifts the
+    boxes by ``class * (max + 1)``, which costs IoU precision) and the order of exactly
+    tied scores across classes (ours: class-id order, then selection order).
+
+    Args:
+        boxes: ``Tensor[N, 4]`` ``(x1, y1, x2, y2)``, floating point.
+        scores: ``Tensor[N]`` floating point.
+        idxs: ``Tensor[N]`` integer class ids (any values).
+        method, sigma, iou_threshold, score_threshold, max_detections: as :func:`soft_nms`.
+
+    Returns:
+        ``(keep, new_scores)``: ``Tensor[K]`` int64 indices into ``boxes`` and ``Tensor[K]``
+        decayed scores, sorted by decayed score, descending.
+
+    Raises:
+        ValueError: wrong shapes / dtypes or bad parameters; the message names the argument.
+    """
+    sizes = _check_common(boxes, scores, method, sigma, iou_threshold, max_detections)
+    check_tensor("idxs", idxs, ("N",), floating=False, sizes=sizes)
+    return _run(boxes, scores, idxs, method, sigma, iou_threshold, score_threshold, max_detections)
