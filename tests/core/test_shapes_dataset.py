@@ -264,3 +264,18 @@ def test_cli_prints_paths(dataset: ShapesPaths, capsys: pytest.CaptureFixture) -
         "val_images": dataset.val_images,
         "val_json": dataset.val_json,
     }
+
+
+def test_rle_matches_pycocotools() -> None:
+    rng = np.random.default_rng(0)
+    masks = [
+        np.ones((5, 7), dtype=bool),
+        np.pad(np.ones((2, 2), dtype=bool), ((0, 5), (0, 4))),  # starts with a 1-run
+        np.pad(np.ones((1, 1), dtype=bool), ((3, 4), (0, 6))),  # a single pixel
+        np.eye(6, 9, dtype=bool),
+        rng.uniform(size=(40, 33)) < 0.5,  # many short runs (negative deltas)
+        np.pad(np.ones((60, 50), dtype=bool), ((100, 40), (70, 90))),  # long runs
+    ]
+    for mask in masks:
+        expected = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))["counts"]
+        assert shapes._rle_string(mask) == expected.decode("ascii")
