@@ -504,9 +504,9 @@ class CornerNet(nn.Module):
             images: the batch the outputs were computed on.
 
         Returns:
-            Per image ``Instances`` of the unpadded input size with ``pred_boxes`` (clipped
-            to the image), ``scores`` in ``[0, 1]`` and ``pred_classes``, best first, at most
-            ``max_detections``.
+            Per image ``Instances`` of the unpadded input size with ``pred_boxes`` (input
+            pixels, not yet clipped), ``scores`` in ``[0, 1]`` and ``pred_classes``, best
+            first, at most ``max_detections``.
         """
         tl_emb, br_emb = outputs["tl_emb"][-1], outputs["br_emb"][-1]
         if tl_emb is None or br_emb is None:
@@ -536,12 +536,14 @@ class CornerNet(nn.Module):
     def _select(
         self, boxes: Tensor, scores: Tensor, labels: Tensor, image_size: tuple[int, int]
     ) -> Instances:
-        """Clip to the image, soft-NMS per class (if enabled) and keep the best detections."""
-        pred_boxes = Boxes(boxes)
-        pred_boxes.clip(image_size)
+        """Soft-NMS per class (if enabled) and keep the ``max_detections`` best.
+
+        Like mmdet's ``CornerHead`` (and the paper's code), boxes are not clipped before NMS;
+        :func:`detector_postprocess` clips them to the output image afterwards.
+        """
         if self.soft_nms_enabled:
             keep, scores = batched_soft_nms(
-                pred_boxes.tensor,
+                boxes,
                 scores,
                 labels,
                 method=self.soft_nms_method,
@@ -553,7 +555,7 @@ class CornerNet(nn.Module):
         else:
             scores, keep = scores.topk(min(self.max_detections, scores.numel()))
         result = Instances(image_size)
-        result.pred_boxes = pred_boxes[keep]
+        result.pred_boxes = Boxes(boxes[keep])
         result.scores = scores
         result.pred_classes = labels[keep]
         return result
