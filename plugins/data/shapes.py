@@ -45,6 +45,7 @@ import io
 import json
 import os
 import shutil
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -217,6 +218,7 @@ def ensure_shapes_dataset(root: str | os.PathLike | None = None) -> ShapesPaths:
         return _paths_for(root)
     root.parent.mkdir(parents=True, exist_ok=True)
     with _generation_lock(root):
+        _remove_abandoned_temporaries(root)
         for _ in range(3):
             if _is_complete(root):
                 return _paths_for(root)
@@ -235,6 +237,18 @@ def ensure_shapes_dataset(root: str | os.PathLike | None = None) -> ShapesPaths:
         if _is_complete(root):
             return _paths_for(root)
     raise RuntimeError(f"root: could not create a complete shapes dataset at {root}")
+
+
+def _remove_abandoned_temporaries(root: Path, max_age_s: float = 3600.0) -> None:
+    """Delete temporary/stale folders of ``root`` left by killed processes (older than 1 h)."""
+    now = time.time()
+    for pattern in (f".{root.name}.tmp-*", f".{root.name}.stale-*"):
+        for path in root.parent.glob(pattern):
+            try:
+                if now - path.stat().st_mtime > max_age_s:
+                    shutil.rmtree(path, ignore_errors=True)
+            except OSError:
+                pass
 
 
 def _move_aside_if_incomplete(root: Path) -> None:

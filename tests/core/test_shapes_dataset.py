@@ -279,3 +279,22 @@ def test_rle_matches_pycocotools() -> None:
     for mask in masks:
         expected = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))["counts"]
         assert shapes._rle_string(mask) == expected.decode("ascii")
+
+
+def test_abandoned_temporaries_are_removed(
+    dataset: ShapesPaths, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    old = tmp_path / ".shapes.tmp-1-deadbeef"
+    fresh = tmp_path / ".shapes.tmp-2-cafecafe"  # may belong to a process still running
+    for folder in (old, fresh):
+        (folder / "train").mkdir(parents=True)
+    os.utime(old, (0, 0))
+    monkeypatch.setattr(
+        shapes, "generate_shapes_dataset", lambda out: shutil.copytree(dataset.root, out)
+    )
+    ensure_shapes_dataset(tmp_path / "shapes")
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        ".shapes.lock",
+        ".shapes.tmp-2-cafecafe",
+        "shapes",
+    ]
