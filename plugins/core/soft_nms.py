@@ -32,22 +32,25 @@ __all__ = ["soft_nms", "batched_soft_nms"]
 _METHODS = ("linear", "gaussian", "hard")
 # Upper bound on elements of one (C, Nmax, Nmax) weight block (float32: 4 bytes each).
 _MAX_BLOCK = 1 << 21
+# Candidates examined per class and round by the CPU fast path.
+_PICKS_PER_ROUND = 8
+_FORCE_OTF = False
 
 
-def _pairwise_iou(boxes: Tensor, check_degenerate: bool = True) -> Tensor:
-    """IoU of every pair within each group: ``(C, N, 4) -> (C, N, N)``; 0 where union <= 0.
+def _pairwise_iou(a: Tensor, b: Tensor, check_degenerate: bool = True) -> Tensor:
+    """IoU of ``a (C, K, 4)`` against ``b (C, N, 4)`` per group -> ``(C, K, N)``.
 
-    The arithmetic mirrors mmcv's CPU kernel (offset 0) so that float32 values agree bit for
-    bit: ``inter / (area_i + area_j - inter)``.
+    0 where the union is not positive. The arithmetic mirrors mmcv's CPU kernel (offset 0)
+    so that float32 values agree bit for bit: ``inter / (area_a + area_b - inter)``.
     """
-    x1, y1, x2, y2 = (boxes[..., k].contiguous() for k in range(4))
-    area = (x2 - x1).mul_(y2 - y1)
-    iw = torch.minimum(x2[:, :, None], x2[:, None, :])
-    iw.sub_(torch.maximum(x1[:, :, None], x1[:, None, :])).clamp_(min=0)
-    ih = torch.minimum(y2[:, :, None], y2[:, None, :])
-    ih.sub_(torch.maximum(y1[:, :, None], y1[:, None, :])).clamp_(min=0)
+    ax1, ay1, ax2, ay2 = (a[..., k].contiguous()[..., None] for k in range(4))
+    bx1, by1, bx2, by2 = (b[..., k].contiguous()[..., None, :] for k in range(4))
+    area_a = (ax2 - ax1).mul_(ay2 - ay1)
+    area_b = (bx2 - bx1).mul_(by2 - by1)
+    iw = torch.minimum(ax2, bx2).sub_(torch.maximum(ax1, bx1)).clamp_(min=0)
+    ih = torch.minimum(ay2, by2).sub_(torch.maximum(ay1, by1)).clamp_(min=0)
     inter = iw.mul_(ih)
-    union = torch.add(area[:, :, None], area[:, None, :]).sub_(inter)
+    union = torch.add(area_a, area_b).sub_(inter)
     iou = inter.div_(union)
     if check_degenerate:
         iou.masked_fill_(~(union > 0), 0.0)
@@ -66,13 +69,13 @@ class _Rows:
         self.base = torch.arange(c, device=boxes.device) * n
         area = (boxes[..., 2] - boxes[..., 0]) * (boxes[..., 3] - boxes[..., 1])
         self.degenerate = bool((area <= 0).any()) if boxes.device.type == "cpu" else True
-        if c * n * n <= _MAX_BLOCK:
-            iou = _pairwise_iou(boxes, self.degenerate)
-            self.flat: Tensor | None = self._weight(iou).view(c * n, n)
+        if c * n * n <= _MAX_BLOCK and not _FORCE_OTF:  # else rows on the fly
+            iou = _pairwise_iou(boxes, boxes, self.degenerate)
+            self.flat: Tensor | None = self.weight(iou).view(c * n, n)
         else:
             self.flat = None
 
-    def _weight(self, iou: Tensor) -> Tensor:
+    def weight(self, iou: Tensor) -> Tensor:
         """Decay factor of each IoU (in place where possible), clamped to the smallest
         normal float > 0 so that ``-inf * w`` (dead slots) stays ``-inf`` instead of NaN; a
         live score times ``tiny`` is below any positive threshold, as a score times 0."""
@@ -87,45 +90,125 @@ class _Rows:
         """``sel`` ``(C,)`` box ids -> weights ``(C, N)`` indexed by box id."""
         if self.flat is not None:
             return self.flat.index_select(0, self.base + sel)
-        picked = self.boxes.gather(1, sel.view(-1, 1, 1).expand(-1, 1, 4))  # (C, 1, 4)
-        both = torch.cat([picked, self.boxes], dim=1)
-        return self._weight(_pairwise_iou(both, self.degenerate)[:, 0, 1:])
+        return self.many(sel[:, None])[:, 0]
+
+    def many(self, sel: Tensor) -> Tensor:
+        """``sel`` ``(C, K)`` box ids -> weights ``(C, K, N)``."""
+        c, k = sel.shape
+        if self.flat is not None:
+            flat_ids = (self.base[:, None] + sel).view(-1)
+            return self.flat.index_select(0, flat_ids).view(c, k, self.n)
+        picked = self.boxes.gather(1, sel[..., None].expand(c, k, 4))
+        return self.weight(_pairwise_iou(picked, self.boxes, self.degenerate))
 
 
-def _fast_greedy(
-    scores: Tensor, rows: _Rows, score_threshold: float
+def _round_greedy(
+    scores: Tensor, rows: _Rows, score_threshold: float, k: int
 ) -> tuple[Tensor, Tensor, bool]:
-    """Greedy soft-NMS without mmcv's slot bookkeeping (CPU).
+    """Greedy soft-NMS that commits several picks per class and round (CPU).
 
-    Exact whenever no selection has a tied maximum; such ties are detected and reported.
+    Requires ``score_threshold > 0``. Per round it takes the ``k + 1`` best live boxes
+    ``b_0 > b_1 > ...`` of each class. Sequential soft-NMS would pick ``b_0``; ``b_1`` keeps
+    its score and stays the maximum as long as ``w(b_0, b_1) == 1`` exactly (no interaction),
+    and so on: the longest prefix of mutually non-interacting boxes is exactly the next picks
+    of the sequential algorithm. Their decays are then applied to every box in pick order with
+    a cumulative product, which reproduces the sequential float multiplications bit for bit.
+    A discarded box can never come back (weights <= 1, scores > 0), so the discard test is
+    done once per round. Dead columns and finished classes are compacted away as they
+    accumulate, so the work per round follows the number of live boxes. Exact whenever no
+    pick has a tied maximum; ties are reported (the caller then reruns the slot-exact engine).
 
     Returns:
-        ``(sel_scores (T, C), sel_ids (T, C), tied)``; ``-inf`` marks steps where a class had
-        nothing left.
+        ``(sel_scores (R * k, C), sel_ids (R * k, C), tied)`` in pick order per class, with
+        ``-inf`` where nothing was picked.
     """
-    s = scores.clone()
-    c, n = s.shape
-    vals, ids = [], []
     neg_inf = float("-inf")
-    for t in range(n):
-        if n >= 2:
-            v, i = s.topk(2, dim=1)
+    dev = scores.device
+    s = scores.masked_fill(scores < score_threshold, neg_inf)
+    c_full, n_full = s.shape
+    w3 = None if rows.flat is None else rows.flat.view(c_full, n_full * n_full)
+    boxes = rows.boxes
+    ids = torch.arange(n_full, device=dev).expand(c_full, n_full)
+    live_cls = torch.arange(c_full, device=dev)
+    records: list[tuple[int, Tensor, Tensor, Tensor]] = []
+    ties = []
+    step = 0
+    rounds = 0
+    uppers: dict[tuple[int, int], Tensor] = {}
+    while True:
+        c, n = s.shape
+        kk = max(1, min(k, n - 1))
+        cand = min(kk + 1, n)
+        v, i = s.topk(cand, dim=1)  # sorted descending
+        picks = i[:, :kk]
+        # Pairwise weights among the candidates: w(b_a, b_b), (C, kk, cand).
+        if w3 is not None:
+            pair = w3.gather(1, (picks[..., None] * n + i[:, None, :]).view(c, -1))
+            pair = pair.view(c, kk, cand)
         else:
-            v, i = s.max(dim=1, keepdim=True)
-        vals.append(v)
-        ids.append(i[:, 0])
-        if t + 1 == n:
+            cb = boxes.gather(1, i[..., None].expand(c, cand, 4))
+            pair = rows.weight(_pairwise_iou(cb[:, :kk], cb, rows.degenerate))
+        upper = uppers.get((kk, cand))
+        if upper is None:
+            upper = torch.ones(kk, cand, dtype=torch.bool, device=dev).triu_(1)
+            uppers[(kk, cand)] = upper
+        # b_b is blocked if an earlier candidate interacts with it, or if it is dead.
+        blocked = ((pair < 1.0) & upper).any(dim=1)[:, :kk] | (v[:, :kk] == neg_inf)
+        take = blocked.cumsum(1) == 0  # prefix before the first blocked candidate
+        take[:, 0] = v[:, 0] > neg_inf
+        if cand > kk:
+            ties.append(((v[:, :kk] == v[:, 1 : kk + 1]) & take).any())
+        n_take = int(take.sum(1).max())
+        if n_take == 0:
             break
-        s.scatter_(1, i[:, :1], neg_inf)
-        s.mul_(rows(i[:, 0]))
+        first = i[:, :n_take]
+        if w3 is not None:
+            flat_rows = (torch.arange(c, device=dev)[:, None] * n + first).view(-1)
+            dec = w3.view(c * n, n).index_select(0, flat_rows).view(c, n_take, n)
+        else:
+            pb = boxes.gather(1, first[..., None].expand(c, n_take, 4))
+            dec = rows.weight(_pairwise_iou(pb, boxes, rows.degenerate))
+        if n_take > 1:
+            dec.masked_fill_(~take[:, :n_take, None], 1.0)
+        # Decays in pick order: exactly the sequential float multiplications.
+        for t in range(n_take):
+            s.mul_(dec[:, t])
+        s.scatter_(1, picks, torch.where(take, neg_inf, s.gather(1, picks)))
         s.masked_fill_(s < score_threshold, neg_inf)
-        if t % 4 == 3 and s.max().item() == neg_inf:
+        records.append(
+            (step, v[:, :kk].masked_fill(~take, neg_inf), ids.gather(1, picks), live_cls)
+        )
+        step += k
+        rounds += 1
+        if rounds % 4:
+            continue
+        # Compact: drop finished classes and dead columns once enough have accumulated.
+        alive = s > neg_inf
+        counts = alive.sum(1)
+        m = int(counts.max())
+        if m == 0:
             break
-    v = torch.stack(vals)
-    tied = False
-    if v.shape[-1] == 2:
-        tied = bool(((v[..., 1] == v[..., 0]) & (v[..., 0] > neg_inf)).any())
-    return v[..., 0], torch.stack(ids), tied
+        keep_cls = counts > 0
+        n_cls = int(keep_cls.sum())
+        if m <= 0.7 * n or n_cls <= 0.7 * c:
+            rsel = torch.nonzero(keep_cls).flatten()
+            cols = torch.argsort((~alive[rsel]).to(torch.uint8), dim=1, stable=True)[:, :m]
+            s = s[rsel].gather(1, cols)
+            ids = ids[rsel].gather(1, cols)
+            live_cls = live_cls[rsel]
+            if w3 is not None:
+                flat = (rsel * (n * n))[:, None, None] + cols[..., None] * n + cols[:, None, :]
+                w3 = w3.view(-1)[flat.view(n_cls, m * m)]
+            else:
+                boxes = boxes[rsel].gather(1, cols[..., None].expand(n_cls, m, 4))
+    tied = bool(torch.stack(ties).any()) if ties else False
+    sel_s = scores.new_full((step, c_full), neg_inf)
+    sel_b = torch.zeros((step, c_full), dtype=torch.long, device=dev)
+    for start, vals, picked_ids, cls in records:
+        kk = vals.shape[1]
+        sel_s[start : start + kk][:, cls] = vals.t()
+        sel_b[start : start + kk][:, cls] = picked_ids.t()
+    return sel_s, sel_b, tied
 
 
 def _exact_greedy(
@@ -287,8 +370,8 @@ def _run(
         s_pad = scores_w[safe].masked_fill_(~valid, float("-inf"))
         rows = _Rows(b_pad, method, sigma, iou_threshold)
         tied = True
-        if sync and not force_exact:
-            sel_s, sel_b, tied = _fast_greedy(s_pad, rows, score_threshold)
+        if sync and not force_exact and score_threshold > 0:
+            sel_s, sel_b, tied = _round_greedy(s_pad, rows, score_threshold, _PICKS_PER_ROUND)
         if tied:
             sel_s, sel_b = _exact_greedy(s_pad, counts[members], rows, score_threshold, sync)
         live = sel_s >= score_threshold  # (T, C); drops spent steps and a sub-threshold pick
