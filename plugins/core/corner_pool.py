@@ -35,70 +35,114 @@ _SCAN = {
     "right": ("w", False),
 }
 
+# Planes (B * C) are processed in chunks of about this many elements, so that a chunk and its
+# scratch buffers stay in cache during the row loop and no full-size temporaries are allocated.
+_CHUNK_ELEMENTS = 1 << 22
 
-def _running_max_rows(x: Tensor, reverse: bool) -> Tensor:
-    """Running maximum along dim 2 of a contiguous ``(B, C, N, M)`` tensor.
+
+def _plane_chunks(planes: int, plane_size: int) -> list[tuple[int, int]]:
+    step = max(1, _CHUNK_ELEMENTS // max(1, plane_size))
+    return [(p, min(planes, p + step)) for p in range(0, planes, step)]
+
+
+def _scan_max(src: Tensor, dst: Tensor, reverse: bool) -> None:
+    """Running maximum along dim 1 of contiguous ``(P, L, M)`` ``src`` into ``dst``.
 
     NaN propagates forward like ``torch.cummax`` does.
     """
-    out = torch.empty_like(x)
-    n = x.shape[2]
+    n = src.shape[1]
     order = range(n - 1, -1, -1) if reverse else range(n)
-    previous: Tensor | None = None
+    previous = -1
     for i in order:
-        row = out[:, :, i]
-        if previous is None:
-            row.copy_(x[:, :, i])
+        if previous < 0:
+            dst[:, i].copy_(src[:, i])
         else:
-            torch.maximum(previous, x[:, :, i], out=row)
-        previous = row
-    return out
+            torch.maximum(dst[:, previous], src[:, i], out=dst[:, i])
+        previous = i
 
 
-def _route_grad_rows(grad: Tensor, record: Tensor, reverse: bool) -> Tensor:
-    """Backward of :func:`_running_max_rows` given the record mask.
+def _scan_grad(grad: Tensor, keep: Tensor, dst: Tensor, reverse: bool, finite: bool) -> None:
+    """Backward of :func:`_scan_max` on ``(P, L, M)`` chunks.
 
-    ``record[..., i, :]`` is true where ``x`` produced the running maximum at ``i``. The
-    gradient of every output position is accumulated (walking against the scan direction)
-    until the nearest record at or before it in scan order, which receives the sum.
+    ``keep`` (float 0/1) is 1 where the input did *not* set the running maximum. Walking against
+    the scan direction, ``acc_i = g_i + acc_prev * keep_prev``: every output gradient flows back
+    to the nearest position at or before it (in scan order) that set the maximum, which is the
+    position ``torch.cummax`` records (the latest one on ties). ``dst`` receives ``acc``; the
+    caller zeroes the positions where ``keep`` is 1.
     """
-    grad_in = torch.empty_like(grad)
-    n = grad.shape[2]
+    n = grad.shape[1]
     order = range(n) if reverse else range(n - 1, -1, -1)
-    pending = torch.zeros_like(grad[:, :, 0])
-    zero = grad.new_zeros(())
-    for i in order:
-        pending.add_(grad[:, :, i])
-        hit = record[:, :, i]
-        torch.where(hit, pending, zero, out=grad_in[:, :, i])
-        pending.masked_fill_(hit, 0.0)
-    return grad_in
+    if finite:
+        previous = -1
+        for i in order:  # one fused op per row; x * 0 == 0 and x * 1 == x for finite x
+            if previous < 0:
+                dst[:, i].copy_(grad[:, i])
+            else:
+                torch.addcmul(grad[:, i], dst[:, previous], keep[:, previous], out=dst[:, i])
+            previous = i
+    else:  # inf / NaN gradients: reset by selection so that inf * 0 never appears
+        pending = torch.zeros_like(grad[:, 0])
+        zero = grad.new_zeros(())
+        for i in order:
+            pending.add_(grad[:, i])
+            hit = keep[:, i] == 0
+            torch.where(hit, pending, zero, out=dst[:, i])
+            pending.masked_fill_(hit, 0.0)
 
 
 class _CornerPoolFn(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: Tensor, axis: str, reverse: bool) -> Tensor:  # type: ignore[override]
+        b, c, h, w = x.shape
         along_w = axis == "w"
-        src = x.transpose(2, 3).contiguous() if along_w else x.contiguous()
-        out = _running_max_rows(src, reverse)
-        # positions that set the running maximum (NaN counts, as in torch.cummax)
-        record = torch.eq(out, src).logical_or_(torch.isnan(src))
-        ctx.save_for_backward(record)
+        src = x.contiguous().view(b * c, h, w)
+        out = torch.empty_like(src)
+        # keep: True where the input did not set the running maximum, stored in scan layout
+        # (P, L, M) with the scanned axis L in the middle: (P, H, W) or (P, W, H)
+        scan_shape = (b * c, w, h) if along_w else (b * c, h, w)
+        keep = torch.empty(scan_shape, dtype=torch.bool, device=x.device)
+        last = 0 if reverse else -1
+        for p0, p1 in _plane_chunks(b * c, h * w):
+            s, o, k = src[p0:p1], out[p0:p1], keep[p0:p1]
+            if along_w:
+                s = s.transpose(1, 2).contiguous()
+                o_scan = torch.empty_like(s)
+            else:
+                o_scan = o
+            _scan_max(s, o_scan, reverse)
+            torch.ne(o_scan, s, out=k)
+            # a NaN input sets the running maximum too (as in torch.cummax); any NaN of a
+            # line reaches the last scanned output of that line
+            if bool(torch.isnan(o_scan[:, last]).any()):
+                k.logical_and_(torch.isnan(s).logical_not_())
+            if along_w:
+                o.copy_(o_scan.transpose(1, 2))
+        ctx.save_for_backward(keep)
         ctx.along_w = along_w
         ctx.reverse = reverse
-        return out.transpose(2, 3).contiguous() if along_w else out
+        return out.view(b, c, h, w)
 
     @staticmethod
     def backward(ctx, grad_out: Tensor):  # type: ignore[override]
-        (record,) = ctx.saved_tensors
-        if ctx.along_w:
-            grad = grad_out.transpose(2, 3).contiguous()
-        else:
-            grad = grad_out.contiguous()
-        grad_in = _route_grad_rows(grad, record, ctx.reverse)
-        if ctx.along_w:
-            grad_in = grad_in.transpose(2, 3).contiguous()
-        return grad_in, None, None
+        (keep,) = ctx.saved_tensors
+        b, c, h, w = grad_out.shape
+        grad = grad_out.contiguous().view(b * c, h, w)
+        finite = bool(torch.isfinite(grad.sum()))
+        grad_in = torch.empty_like(grad)
+        zero = grad.new_zeros(())
+        for p0, p1 in _plane_chunks(b * c, h * w):
+            g, k, d = grad[p0:p1], keep[p0:p1], grad_in[p0:p1]
+            if ctx.along_w:
+                g = g.transpose(1, 2).contiguous()
+                d_scan = torch.empty_like(g)
+            else:
+                d_scan = d
+            _scan_grad(g, k.to(grad.dtype), d_scan, ctx.reverse, finite)
+            if ctx.along_w:  # transpose back and zero the non-record positions in one pass
+                torch.where(k.transpose(1, 2), zero, d_scan.transpose(1, 2), out=d)
+            else:
+                d.masked_fill_(k, 0.0)
+        return grad_in.view(b, c, h, w), None, None
 
 
 def corner_pool(x: Tensor, direction: str) -> Tensor:
