@@ -22,7 +22,6 @@ from plugins.data.shapes import (
     SHAPES_CLASSES,
     ShapesPaths,
     ensure_shapes_dataset,
-    generate_shapes_dataset,
 )
 
 EXPECTED_NAMES = ["circle", "square", "triangle", "ring", "plus", "star"]
@@ -65,15 +64,6 @@ def test_paths_and_layout(dataset: ShapesPaths) -> None:
         assert all(name.endswith(".jpg") for name in jpgs)
     with pytest.raises(dataclasses.FrozenInstanceError):
         dataset.root = "elsewhere"  # type: ignore[misc]
-
-
-def test_generation_is_deterministic(
-    dataset: ShapesPaths, dataset_hashes: dict[str, str], tmp_path: Path
-) -> None:
-    generate_shapes_dataset(tmp_path / "again")
-    again = _file_hashes(tmp_path / "again")
-    assert len(again) == EXPECTED_COUNTS["train"] + EXPECTED_COUNTS["val"] + 3
-    assert again == dataset_hashes
 
 
 def test_second_call_returns_at_once(dataset: ShapesPaths, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -187,19 +177,28 @@ def test_object_sizes_and_empty_images(dataset: ShapesPaths) -> None:
     assert 1 <= len(empty) <= 0.02 * len(train["images"])
 
 
-def test_concurrent_processes_end_with_one_dataset(
-    dataset_hashes: dict[str, str], tmp_path: Path
+def test_concurrent_generation_is_deterministic_and_ends_with_one_dataset(
+    dataset: ShapesPaths, dataset_hashes: dict[str, str], tmp_path: Path
 ) -> None:
+    """Two fresh processes race for one new root; the result equals this process's copy.
+
+    This is also the determinism check: a second, independent generation into another
+    directory gives byte-identical files.
+    """
     root = tmp_path / "nested" / "shapes"
     ctx = multiprocessing.get_context("spawn")
     with ctx.Pool(2) as pool:
         results = pool.map(ensure_shapes_dataset, [str(root), str(root)])
     assert results[0] == results[1] == ensure_shapes_dataset(root)
-    assert results[0].root == str(root)
-    # One dataset, byte-identical to the one made in this process; no temporaries left.
-    assert _file_hashes(root) == dataset_hashes
+    assert results[0].root == str(root) != dataset.root
+    hashes = _file_hashes(root)
+    assert len(hashes) == EXPECTED_COUNTS["train"] + EXPECTED_COUNTS["val"] + 3
+    assert sorted(hashes) == sorted(dataset_hashes)
+    differing = [name for name in hashes if hashes[name] != dataset_hashes[name]]
+    assert differing == []
+    # No temporaries left next to the root, only the lock file.
     leftovers = [p.name for p in root.parent.iterdir() if p.name != "shapes"]
-    assert all(name.endswith(".lock") for name in leftovers), leftovers
+    assert leftovers == [".shapes.lock"]
 
 
 def test_rename_race_uses_the_winners_copy(
@@ -227,7 +226,7 @@ def test_incomplete_root_is_regenerated(
     if damage == "no_marker":
         (root / ".complete").unlink()
     elif damage == "old_marker":
-        (root / ".complete").write_text("shapes v0 train=320 val=64\n")
+        (root / ".complete").write_text("shapes v1 train=320 val=64\n")
     elif damage == "missing_image":
         (root / "val" / "000007.jpg").unlink()
     else:
@@ -247,9 +246,10 @@ def test_incomplete_root_is_regenerated(
 
 def test_default_root_honours_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("PLUGINS_DATA_DIR", str(tmp_path))
-    assert shapes.default_shapes_root() == tmp_path / "shapes_v1"
+    name = f"shapes_v{shapes.SHAPES_VERSION}"
+    assert shapes.default_shapes_root() == tmp_path / name
     monkeypatch.delenv("PLUGINS_DATA_DIR")
-    assert shapes.default_shapes_root() == Path.home() / ".cache" / "dense_plugins" / "shapes_v1"
+    assert shapes.default_shapes_root() == Path.home() / ".cache" / "dense_plugins" / name
 
 
 def test_cli_prints_paths(dataset: ShapesPaths, capsys: pytest.CaptureFixture) -> None:
