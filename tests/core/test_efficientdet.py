@@ -218,3 +218,61 @@ def test_convert_cli(tmp_path: Path) -> None:
     torch.save(partial, bad)
     with pytest.raises(SystemExit, match="fpn.extra_thing.weight"):
         cli.main(["--variant", "efficientdet_d0", str(bad), str(dst)])
+
+
+@pytest.mark.parametrize(
+    "name, tf_same", [("efficientnet_b0", False), ("tf_efficientnet_b2", True)]
+)
+def test_backbone_matches_timm(name: str, tf_same: bool) -> None:
+    timm = pytest.importorskip("timm")
+    from plugins.convert.effdet import effdet_key_to_ours
+    from plugins.core.efficientnet import efficientnet
+
+    torch.manual_seed(0)
+    ref = timm.create_model(name, features_only=True, out_indices=(1, 2, 3, 4)).eval()
+    eps = 1e-3 if tf_same else 1e-5
+    ours = efficientnet(
+        name.replace("tf_", ""), out_strides=(4, 8, 16, 32), tf_same=tf_same, bn_eps=eps
+    ).eval()
+    assert ours.out_channels == tuple(ref.feature_info.channels())
+    ir = {k.split(".")[1] + "." + k.split(".")[2] for k in ref.state_dict() if ".conv_pwl." in k}
+    variant = EFFICIENTDET_VARIANTS["efficientdet_d2"]
+    converted = {
+        effdet_key_to_ours("backbone." + k, variant, ir)[len("backbone.") :]: v
+        for k, v in ref.state_dict().items()
+    }
+    ours.load_state_dict(converted, strict=True)
+    images = torch.randn(1, 3, 70, 90)  # odd sizes exercise the asymmetric padding
+    with torch.no_grad():
+        for a, b in zip(ours(images), ref(images)):
+            assert a.shape == b.shape
+            torch.testing.assert_close(a, b, rtol=0, atol=1e-4)
+
+
+def test_backbone_stochastic_depth_only_in_training() -> None:
+    from plugins.core.efficientnet import EfficientNet
+
+    torch.manual_seed(0)
+    net = EfficientNet(0.25, 1.0, drop_path_rate=0.5)
+    images = torch.randn(4, 3, 32, 32)
+    net.eval()
+    with torch.no_grad():
+        assert all(torch.equal(a, b) for a, b in zip(net(images), net(images)))
+    net.train()
+    with torch.no_grad():
+        torch.manual_seed(1)
+        first = net(images)
+        torch.manual_seed(2)
+        second = net(images)
+        torch.manual_seed(1)
+        again = net(images)
+    assert not torch.equal(first[-1], second[-1])  # residual branches were dropped differently
+    assert all(torch.equal(a, b) for a, b in zip(first, again))
+    no_drop = EfficientNet(0.25, 1.0, drop_path_rate=0.0).train()
+    no_drop.load_state_dict(net.state_dict())
+    with torch.no_grad():
+        torch.manual_seed(1)
+        x = no_drop(images)
+        torch.manual_seed(2)
+        y = no_drop(images)
+    assert all(torch.equal(a, b) for a, b in zip(x, y))
