@@ -1,0 +1,203 @@
+"""The Detectron2 trainer of the plugins: ``Trainer(DefaultTrainer)``.
+
+On top of :class:`~detectron2.engine.DefaultTrainer` (TensorBoard / JSON / console writers with
+ETA, periodic checkpoints, ``AMPTrainer`` when ``SOLVER.AMP.ENABLED``, the
+``WarmupCosineLR`` / ``WarmupMultiStepLR`` schedules):
+
+- :meth:`Trainer.build_evaluator`: ``COCOEvaluator`` (bbox), with the fast evaluator only when
+  Detectron2's C++ extension is built (:data:`plugins.d2.HAS_D2_C`);
+- ``INPUT.SCALE_JITTER``: EfficientDet's random-rescale + fixed-size-crop training pipeline;
+- ``SOLVER.OPTIMIZER``: SGD or AdamW;
+- ``MODEL.EMA``: weight averaging (:mod:`plugins.d2.ema`), checkpointed under ``"ema"`` and
+  used for every evaluation;
+- early, readable errors: missing datasets (:func:`plugins.d2.datasets.check_datasets`),
+  unreadable checkpoints (:class:`CheckpointLoadError`), AMP without CUDA.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import torch
+from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.data import DatasetMapper, build_detection_train_loader
+from detectron2.data import transforms as T
+from detectron2.engine import DefaultTrainer, hooks
+from detectron2.evaluation import COCOEvaluator
+from detectron2.solver import build_optimizer
+from detectron2.solver.build import get_default_optimizer_params, maybe_add_gradient_clipping
+from torch import nn
+
+from plugins.core.variants import get_variant
+
+from ._compat import HAS_D2_C
+from .datasets import check_datasets, prepare_dataset
+from .ema import EMAHook, ModelEMA, unwrap_model
+
+__all__ = ["Trainer", "CheckpointLoadError", "build_train_augmentations", "load_checkpoint"]
+
+logger = logging.getLogger(__name__)
+
+
+class CheckpointLoadError(RuntimeError):
+    """``MODEL.WEIGHTS`` (or the last checkpoint) could not be read as a checkpoint."""
+
+
+def _load_or_raise(checkpointer: DetectionCheckpointer, path: str, **kwargs) -> dict:
+    try:
+        return checkpointer.load(path, **kwargs)
+    except Exception as e:  # torch.load / pickle raise many types for a bad file
+        raise CheckpointLoadError(
+            f"cannot load checkpoint {path!r} (MODEL.WEIGHTS or OUTPUT_DIR/last_checkpoint): "
+            f"{type(e).__name__}: {e}"
+        ) from e
+
+
+def load_checkpoint(cfg, model: nn.Module, path: str) -> bool:
+    """Load weights for evaluation; with ``MODEL.EMA.ENABLED`` use the checkpoint's EMA weights.
+
+    Args:
+        cfg: the config.
+        model: the model to fill.
+        path: a checkpoint (``.pth`` of this trainer, or any file Detectron2's checkpointer reads).
+
+    Returns:
+        ``True`` if EMA weights were found and copied into ``model``.
+
+    Raises:
+        CheckpointLoadError: the file is missing or not a checkpoint.
+    """
+    checkpointer = DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR)
+    if not cfg.MODEL.EMA.ENABLED:
+        _load_or_raise(checkpointer, path, checkpointables=[])
+        return False
+    ema = ModelEMA(model, cfg.MODEL.EMA.DECAY, cfg.MODEL.EMA.WARMUP)
+    ema.num_updates = -1
+    checkpointer.add_checkpointable("ema", ema)
+    _load_or_raise(checkpointer, path, checkpointables=["ema"])
+    if ema.num_updates < 0:
+        logger.warning("MODEL.EMA.ENABLED but %s has no EMA weights: using the raw weights", path)
+        return False
+    ema.copy_to(model)
+    logger.info("Evaluating the EMA weights of %s (%d updates)", path, ema.num_updates)
+    return True
+
+
+def build_train_augmentations(cfg) -> list[T.Augmentation]:
+    """Training augmentations: ``INPUT.SCALE_JITTER`` if enabled, else Detectron2's defaults.
+
+    With scale jitter: ``ResizeScale(MIN_SCALE, MAX_SCALE, S, S)`` then ``FixedSizeCrop((S, S))``
+    (pads smaller images) and a horizontal flip, ``S = SIZE`` or the variant's image size.
+    """
+    node = cfg.INPUT.SCALE_JITTER
+    if not node.ENABLED:
+        return DatasetMapper(cfg, True).augmentations.augs
+    size = node.SIZE or get_variant(cfg.MODEL.EFFICIENTDET.VARIANT).image_size
+    augs: list[T.Augmentation] = [
+        T.ResizeScale(node.MIN_SCALE, node.MAX_SCALE, size, size),
+        T.FixedSizeCrop((size, size)),
+    ]
+    if cfg.INPUT.RANDOM_FLIP != "none":
+        augs.append(
+            T.RandomFlip(
+                horizontal=cfg.INPUT.RANDOM_FLIP == "horizontal",
+                vertical=cfg.INPUT.RANDOM_FLIP == "vertical",
+            )
+        )
+    return augs
+
+
+class Trainer(DefaultTrainer):
+    """``DefaultTrainer`` with COCO evaluation, scale jitter, AdamW, EMA and clear errors.
+
+    Args:
+        cfg: a frozen config with the plugins' keys.
+    """
+
+    def __init__(self, cfg) -> None:
+        check_datasets(list(cfg.DATASETS.TRAIN) + list(cfg.DATASETS.TEST))
+        if cfg.SOLVER.AMP.ENABLED and not torch.cuda.is_available():
+            raise ValueError(
+                "SOLVER.AMP.ENABLED: mixed precision (detectron2's AMPTrainer) needs CUDA; "
+                "set SOLVER.AMP.ENABLED False to train on CPU"
+            )
+        self.ema: ModelEMA | None = None
+        super().__init__(cfg)
+
+    # ---------------------------------------------------------------- building blocks
+    @classmethod
+    def build_evaluator(cls, cfg, dataset_name: str, output_folder: str | None = None):
+        prepare_dataset(dataset_name)
+        output_folder = output_folder or os.path.join(cfg.OUTPUT_DIR, "inference")
+        return COCOEvaluator(
+            dataset_name, tasks=("bbox",), output_dir=output_folder, use_fast_impl=HAS_D2_C
+        )
+
+    @classmethod
+    def build_train_loader(cls, cfg):
+        mapper = DatasetMapper(cfg, is_train=True, augmentations=build_train_augmentations(cfg))
+        return build_detection_train_loader(cfg, mapper=mapper)
+
+    @classmethod
+    def build_optimizer(cls, cfg, model: nn.Module) -> torch.optim.Optimizer:
+        name = cfg.SOLVER.OPTIMIZER
+        if name == "SGD":
+            return build_optimizer(cfg, model)
+        if name == "AdamW":
+            params = get_default_optimizer_params(
+                model,
+                base_lr=cfg.SOLVER.BASE_LR,
+                weight_decay_norm=cfg.SOLVER.WEIGHT_DECAY_NORM,
+                bias_lr_factor=cfg.SOLVER.BIAS_LR_FACTOR,
+                weight_decay_bias=cfg.SOLVER.WEIGHT_DECAY_BIAS,
+            )
+            return maybe_add_gradient_clipping(cfg, torch.optim.AdamW)(
+                params, lr=cfg.SOLVER.BASE_LR, weight_decay=cfg.SOLVER.WEIGHT_DECAY
+            )
+        raise ValueError(f"SOLVER.OPTIMIZER: expected 'SGD' or 'AdamW', got {name!r}")
+
+    def build_hooks(self) -> list[hooks.HookBase]:
+        ret = super().build_hooks()
+        if self.cfg.MODEL.EMA.ENABLED:
+            self.ema = ModelEMA(self.model, self.cfg.MODEL.EMA.DECAY, self.cfg.MODEL.EMA.WARMUP)
+            self.checkpointer.add_checkpointable("ema", self.ema)
+            # right after the timer: before the checkpointer and the evaluation
+            ret.insert(1, EMAHook(self.ema, self.model))
+
+        def evaluate():
+            self._last_eval_results = self.evaluate_current(self.cfg, self.model)
+            return self._last_eval_results
+
+        return [
+            hooks.EvalHook(self.cfg.TEST.EVAL_PERIOD, evaluate)
+            if isinstance(h, hooks.EvalHook)
+            else h
+            for h in ret
+        ]
+
+    def evaluate_current(self, cfg, model: nn.Module):
+        """Evaluate ``model`` (with the EMA weights swapped in when EMA is on)."""
+        if self.ema is None:
+            return self.test(cfg, model)
+        with self.ema.swapped_into(unwrap_model(model)):
+            return self.test(cfg, model)
+
+    def resume_or_load(self, resume: bool = True) -> None:
+        """Like Detectron2's, but a bad ``MODEL.WEIGHTS`` raises :class:`CheckpointLoadError`."""
+        path = self.cfg.MODEL.WEIGHTS
+        if resume and self.checkpointer.has_checkpoint():
+            path = self.checkpointer.get_checkpoint_file()
+            _load_or_raise(self.checkpointer, path)
+            self.start_iter = self.iter + 1
+            logger.info("Resumed from %s at iteration %d", path, self.start_iter)
+        elif path:
+            _load_or_raise(self.checkpointer, path, checkpointables=[])
+            if self.ema is not None:  # start the average from the loaded weights
+                self.ema = self._restart_ema()
+
+    def _restart_ema(self) -> ModelEMA:
+        fresh = ModelEMA(self.model, self.cfg.MODEL.EMA.DECAY, self.cfg.MODEL.EMA.WARMUP)
+        self.ema.state = fresh.state
+        self.ema.num_updates = 0
+        return self.ema

@@ -1,0 +1,112 @@
+#!/usr/bin/env python
+"""Train or evaluate the plugins' detectors (EfficientDet, RetinaNetPlus, CornerNet) with Detectron2.
+
+Detectron2's usual command line (``detectron2.engine.default_argument_parser``)::
+
+    python tools/train_net.py --config-file configs/demo/efficientdet_shapes.yaml
+    python tools/train_net.py --config-file configs/efficientdet_d0.yaml --num-gpus 8
+    python tools/train_net.py --config-file ... --resume                # continue OUTPUT_DIR
+    python tools/train_net.py --config-file ... --eval-only MODEL.WEIGHTS out/model_final.pth
+    python tools/train_net.py --config-file ... SOLVER.MAX_ITER 100 MODEL.DEVICE cpu
+
+Unknown config keys, missing datasets and unreadable checkpoints stop the run with exit status 1
+and a one-line ``train_net.py: error: ...`` message.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from detectron2.config import CfgNode, get_cfg  # noqa: E402
+from detectron2.engine import default_argument_parser, default_setup, launch  # noqa: E402
+from detectron2.utils import comm  # noqa: E402
+
+from plugins.d2 import add_plugins_config  # noqa: E402
+from plugins.d2.datasets import DatasetMissingError, check_datasets  # noqa: E402
+from plugins.d2.engine import CheckpointLoadError, Trainer, load_checkpoint  # noqa: E402
+
+logger = logging.getLogger("plugins.train_net")
+
+
+class ConfigError(ValueError):
+    """The config file or a command-line override is invalid."""
+
+
+def load_config(config_file: str, opts: list[str]) -> CfgNode:
+    """Detectron2 defaults + plugin keys + ``config_file`` + ``KEY VALUE`` overrides, frozen.
+
+    Raises:
+        ConfigError: unknown key, bad value or unreadable file, with the offending key named.
+    """
+    cfg = get_cfg()
+    add_plugins_config(cfg)
+    try:
+        if config_file:
+            cfg.merge_from_file(config_file)
+    except KeyError as e:
+        raise ConfigError(f"{config_file}: {e.args[0] if e.args else e}") from e
+    except (OSError, ValueError, AssertionError) as e:
+        raise ConfigError(f"{config_file}: {type(e).__name__}: {e}") from e
+    try:
+        cfg.merge_from_list(opts)
+    except KeyError as e:
+        raise ConfigError(f"command line: {e.args[0] if e.args else e}") from e
+    except (ValueError, AssertionError) as e:
+        raise ConfigError(f"command line: {type(e).__name__}: {e}") from e
+    cfg.freeze()
+    return cfg
+
+
+def main(args) -> dict | None:
+    """One process of the run (called by ``launch``)."""
+    cfg = load_config(args.config_file, args.opts)
+    default_setup(cfg, args)
+    if args.eval_only:
+        model = Trainer.build_model(cfg)
+        load_checkpoint(cfg, model, cfg.MODEL.WEIGHTS)
+        return Trainer.test(cfg, model)
+    trainer = Trainer(cfg)
+    trainer.resume_or_load(resume=args.resume)
+    return trainer.train()
+
+
+def run(argv: list[str] | None = None) -> int:
+    """Parse ``argv``, check config and datasets, then launch ``main`` on every process."""
+    args = default_argument_parser().parse_args(argv)
+    try:
+        # fail before spawning workers: bad keys and missing datasets are found here
+        cfg = load_config(args.config_file, args.opts)
+        check_datasets(list(cfg.DATASETS.TRAIN) + list(cfg.DATASETS.TEST))
+        if args.eval_only and not cfg.MODEL.WEIGHTS:
+            raise CheckpointLoadError("--eval-only needs MODEL.WEIGHTS <checkpoint>")
+        if args.num_gpus > 1 and cfg.MODEL.DEVICE == "cpu":
+            raise ConfigError(
+                "--num-gpus > 1 with MODEL.DEVICE cpu: detectron2 0.6's launch() starts NCCL "
+                "(CUDA) process groups only"
+            )
+        launch(
+            main,
+            args.num_gpus,
+            num_machines=args.num_machines,
+            machine_rank=args.machine_rank,
+            dist_url=args.dist_url,
+            args=(args,),
+        )
+    except (ConfigError, DatasetMissingError, CheckpointLoadError) as e:
+        kind = {
+            ConfigError: "invalid config",
+            DatasetMissingError: "missing dataset",
+            CheckpointLoadError: "bad checkpoint",
+        }[type(e)]
+        if comm.is_main_process():
+            print(f"train_net.py: error: {kind}: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run())
