@@ -12,12 +12,16 @@ Semantics follow mmcv 2.1.0's CPU ``soft_nms`` (``mmcv/ops/csrc/pytorch/cpu/nms.
   argmax takes the first slot holding the maximum. This module reproduces that slot
   bookkeeping exactly (per class), so ties resolve as in ``mmcv.ops.soft_nms``.
 
-Algorithm: boxes are grouped by class into a padded ``(C, Nmax)`` layout, the pairwise weight
-matrices ``(C, Nmax, Nmax)`` are computed once (classes are processed in chunks so that this
-stays under a memory bound; a class too large for the bound computes its weight rows on the
-fly), then the greedy selection runs for all classes of a chunk in lock-step: ``Nmax`` steps of
-vectorised argmax / decay / compaction. On CPU the loop shrinks its window and exits early; on
-other devices it runs without host synchronisation.
+Algorithm: boxes are grouped by class into padded ``(C, Nmax)`` layouts (classes of similar
+size share a chunk; a small cost model picks the chunks under a memory bound), the pairwise
+decay weights ``(C, Nmax, Nmax)`` of a chunk are computed once (a class too large for the bound
+computes its weight rows on the fly), then the greedy selection runs for all classes of the
+chunk in lock-step, one vectorised pick/decay/discard per step:
+
+* CPU fast path: boxes stay in id order and each step costs a handful of tensor ops. It is
+  exact unless some pick has a tied maximum; ties are detected and the chunk is then rerun by
+* the slot-exact engine, which reproduces mmcv's swaps and compactions (used on every device
+  other than CPU too, where it runs a fixed number of steps without host synchronisation).
 """
 
 from __future__ import annotations
@@ -32,9 +36,6 @@ __all__ = ["soft_nms", "batched_soft_nms"]
 _METHODS = ("linear", "gaussian", "hard")
 # Upper bound on elements of one (C, Nmax, Nmax) weight block (float32: 4 bytes each).
 _MAX_BLOCK = 1 << 21
-# Candidates examined per class and round by the CPU fast path.
-_PICKS_PER_ROUND = 8
-_FORCE_OTF = False
 
 
 def _pairwise_iou(a: Tensor, b: Tensor, check_degenerate: bool = True) -> Tensor:
@@ -61,15 +62,16 @@ class _Rows:
     """Weight rows ``w[c, sel_c, :]`` for a group: from a precomputed ``(C, N, N)`` matrix, or
     computed on the fly when that matrix would exceed the memory bound."""
 
-    def __init__(self, boxes: Tensor, method: str, sigma: float, iou_threshold: float) -> None:
+    def __init__(
+        self, boxes: Tensor, method: str, sigma: float, iou_threshold: float, degenerate: bool
+    ) -> None:
         c, n = boxes.shape[:2]
         self.c, self.n = c, n
         self.method, self.sigma, self.iou_threshold = method, sigma, iou_threshold
         self.boxes = boxes
         self.base = torch.arange(c, device=boxes.device) * n
-        area = (boxes[..., 2] - boxes[..., 0]) * (boxes[..., 3] - boxes[..., 1])
-        self.degenerate = bool((area <= 0).any()) if boxes.device.type == "cpu" else True
-        if c * n * n <= _MAX_BLOCK and not _FORCE_OTF:  # else rows on the fly
+        self.degenerate = degenerate  # some real box has no area: guard 0 / 0
+        if c * n * n <= _MAX_BLOCK:  # else rows on the fly
             iou = _pairwise_iou(boxes, boxes, self.degenerate)
             self.flat: Tensor | None = self.weight(iou).view(c * n, n)
         else:
@@ -102,113 +104,50 @@ class _Rows:
         return self.weight(_pairwise_iou(picked, self.boxes, self.degenerate))
 
 
-def _round_greedy(
-    scores: Tensor, rows: _Rows, score_threshold: float, k: int
-) -> tuple[Tensor, Tensor, bool]:
-    """Greedy soft-NMS that commits several picks per class and round (CPU).
+def _seq_greedy(scores: Tensor, rows: _Rows, score_threshold: float) -> tuple[Tensor, Tensor, bool]:
+    """One pick per class and step, boxes in id order (CPU; cheapest per step).
 
-    Requires ``score_threshold > 0``. Per round it takes the ``k + 1`` best live boxes
-    ``b_0 > b_1 > ...`` of each class. Sequential soft-NMS would pick ``b_0``; ``b_1`` keeps
-    its score and stays the maximum as long as ``w(b_0, b_1) == 1`` exactly (no interaction),
-    and so on: the longest prefix of mutually non-interacting boxes is exactly the next picks
-    of the sequential algorithm. Their decays are then applied to every box in pick order with
-    a cumulative product, which reproduces the sequential float multiplications bit for bit.
-    A discarded box can never come back (weights <= 1, scores > 0), so the discard test is
-    done once per round. Dead columns and finished classes are compacted away as they
-    accumulate, so the work per round follows the number of live boxes. Exact whenever no
-    pick has a tied maximum; ties are reported (the caller then reruns the slot-exact engine).
+    When the weight matrix is precomputed and ``score_threshold > 0``, its diagonal is set to
+    the smallest normal float, so multiplying by the picked box's own row also removes that
+    box (its score drops below the threshold) and no separate write is needed.
+    Exact whenever no pick has a tied maximum; ties are reported.
 
     Returns:
-        ``(sel_scores (R * k, C), sel_ids (R * k, C), tied)`` in pick order per class, with
-        ``-inf`` where nothing was picked.
+        ``(sel_scores (T, C), sel_ids (T, C), tied)``; ``-inf`` where nothing was picked.
     """
     neg_inf = float("-inf")
-    dev = scores.device
-    s = scores.masked_fill(scores < score_threshold, neg_inf)
-    c_full, n_full = s.shape
-    w3 = None if rows.flat is None else rows.flat.view(c_full, n_full * n_full)
-    boxes = rows.boxes
-    ids = torch.arange(n_full, device=dev).expand(c_full, n_full)
-    live_cls = torch.arange(c_full, device=dev)
-    records: list[tuple[int, Tensor, Tensor, Tensor]] = []
-    ties = []
-    step = 0
-    rounds = 0
-    uppers: dict[tuple[int, int], Tensor] = {}
-    while True:
-        c, n = s.shape
-        kk = max(1, min(k, n - 1))
-        cand = min(kk + 1, n)
-        v, i = s.topk(cand, dim=1)  # sorted descending
-        picks = i[:, :kk]
-        # Pairwise weights among the candidates: w(b_a, b_b), (C, kk, cand).
-        if w3 is not None:
-            pair = w3.gather(1, (picks[..., None] * n + i[:, None, :]).view(c, -1))
-            pair = pair.view(c, kk, cand)
+    s = scores.clone()
+    c, n = s.shape
+    flat, base = rows.flat, rows.base
+    self_kill = flat is not None and score_threshold > 0
+    if self_kill:
+        top = float(s.max())
+        self_kill = top * torch.finfo(s.dtype).tiny < score_threshold
+    if self_kill:
+        flat.view(c, n, n).diagonal(dim1=1, dim2=2).fill_(torch.finfo(s.dtype).tiny)
+    vals, ids = [], []
+    for t in range(n):
+        if n > 1:
+            v, i = s.topk(2, dim=1)
         else:
-            cb = boxes.gather(1, i[..., None].expand(c, cand, 4))
-            pair = rows.weight(_pairwise_iou(cb[:, :kk], cb, rows.degenerate))
-        upper = uppers.get((kk, cand))
-        if upper is None:
-            upper = torch.ones(kk, cand, dtype=torch.bool, device=dev).triu_(1)
-            uppers[(kk, cand)] = upper
-        # b_b is blocked if an earlier candidate interacts with it, or if it is dead.
-        blocked = ((pair < 1.0) & upper).any(dim=1)[:, :kk] | (v[:, :kk] == neg_inf)
-        take = blocked.cumsum(1) == 0  # prefix before the first blocked candidate
-        take[:, 0] = v[:, 0] > neg_inf
-        if cand > kk:
-            ties.append(((v[:, :kk] == v[:, 1 : kk + 1]) & take).any())
-        n_take = int(take.sum(1).max())
-        if n_take == 0:
+            v, i = s.max(dim=1, keepdim=True)
+        i0 = i[:, 0]
+        vals.append(v)
+        ids.append(i0)
+        if t + 1 == n:
             break
-        first = i[:, :n_take]
-        if w3 is not None:
-            flat_rows = (torch.arange(c, device=dev)[:, None] * n + first).view(-1)
-            dec = w3.view(c * n, n).index_select(0, flat_rows).view(c, n_take, n)
+        if flat is not None:
+            s.mul_(flat.index_select(0, base + i0))
         else:
-            pb = boxes.gather(1, first[..., None].expand(c, n_take, 4))
-            dec = rows.weight(_pairwise_iou(pb, boxes, rows.degenerate))
-        if n_take > 1:
-            dec.masked_fill_(~take[:, :n_take, None], 1.0)
-        # Decays in pick order: exactly the sequential float multiplications.
-        for t in range(n_take):
-            s.mul_(dec[:, t])
-        s.scatter_(1, picks, torch.where(take, neg_inf, s.gather(1, picks)))
+            s.mul_(rows(i0))
+        if not self_kill:
+            s.scatter_(1, i[:, :1], neg_inf)
         s.masked_fill_(s < score_threshold, neg_inf)
-        records.append(
-            (step, v[:, :kk].masked_fill(~take, neg_inf), ids.gather(1, picks), live_cls)
-        )
-        step += k
-        rounds += 1
-        if rounds % 4:
-            continue
-        # Compact: drop finished classes and dead columns once enough have accumulated.
-        alive = s > neg_inf
-        counts = alive.sum(1)
-        m = int(counts.max())
-        if m == 0:
+        if t % 4 == 3 and s.max().item() == neg_inf:
             break
-        keep_cls = counts > 0
-        n_cls = int(keep_cls.sum())
-        if m <= 0.7 * n or n_cls <= 0.7 * c:
-            rsel = torch.nonzero(keep_cls).flatten()
-            cols = torch.argsort((~alive[rsel]).to(torch.uint8), dim=1, stable=True)[:, :m]
-            s = s[rsel].gather(1, cols)
-            ids = ids[rsel].gather(1, cols)
-            live_cls = live_cls[rsel]
-            if w3 is not None:
-                flat = (rsel * (n * n))[:, None, None] + cols[..., None] * n + cols[:, None, :]
-                w3 = w3.view(-1)[flat.view(n_cls, m * m)]
-            else:
-                boxes = boxes[rsel].gather(1, cols[..., None].expand(n_cls, m, 4))
-    tied = bool(torch.stack(ties).any()) if ties else False
-    sel_s = scores.new_full((step, c_full), neg_inf)
-    sel_b = torch.zeros((step, c_full), dtype=torch.long, device=dev)
-    for start, vals, picked_ids, cls in records:
-        kk = vals.shape[1]
-        sel_s[start : start + kk][:, cls] = vals.t()
-        sel_b[start : start + kk][:, cls] = picked_ids.t()
-    return sel_s, sel_b, tied
+    v = torch.stack(vals)
+    tied = n > 1 and bool(((v[..., 1] == v[..., 0]) & (v[..., 0] > neg_inf)).any())
+    return v[..., 0], torch.stack(ids), tied
 
 
 def _exact_greedy(
@@ -283,29 +222,50 @@ def _exact_greedy(
     return out, torch.stack(out_b)
 
 
-def _plan_chunks(sizes: list[int]) -> list[tuple[int, int]]:
+def _chunk_cost(sizes: list[int], lo: int, hi: int) -> float:
+    """Modelled run time (us) of one chunk: per-step overhead plus per-element work."""
+    width = max(sizes[lo], 1)
+    if (hi - lo) > 1 and (hi - lo) * width * width > _MAX_BLOCK:
+        return float("inf")
+    return 30.0 * width + 0.012 * (hi - lo) * width * width
+
+
+def _plan_chunks(sizes: list[int], lo: int = 0, hi: int | None = None) -> list[tuple[int, int]]:
     """Split classes (sorted by size, descending) into contiguous chunks.
 
-    Minimises a cost model ``sum_k (A * Nmax_k + B * C_k * Nmax_k^2)`` (A: per-step overhead,
-    B: per weight-matrix element) by dynamic programming, subject to the memory bound.
+    Minimises the cost model of :func:`_chunk_cost` (a step of the sequential loop costs
+    ~30 us, a pairwise element ~12 ns) under the memory bound: recursive best binary split
+    when the whole range fits the bound, otherwise dynamic programming.
     """
-    a_cost, b_cost = 60.0, 0.02  # microseconds
+    hi = len(sizes) if hi is None else hi
+    whole = _chunk_cost(sizes, lo, hi)
+    if whole == float("inf"):
+        return _plan_chunks_dp(sizes[lo:hi], lo)
+    best, where = whole, -1
+    for mid in range(lo + 1, hi):
+        cost = _chunk_cost(sizes, lo, mid) + _chunk_cost(sizes, mid, hi)
+        if cost < best:
+            best, where = cost, mid
+    if where < 0:
+        return [(lo, hi)]
+    return _plan_chunks(sizes, lo, where) + _plan_chunks(sizes, where, hi)
+
+
+def _plan_chunks_dp(sizes: list[int], offset: int) -> list[tuple[int, int]]:
     num = len(sizes)
     best = [0.0] + [float("inf")] * num
     prev = [0] * (num + 1)
     for j in range(1, num + 1):
         for i in range(j - 1, -1, -1):
-            w = max(sizes[i], 1)
-            count = j - i
-            if count * w * w > _MAX_BLOCK and count > 1:
+            cost = _chunk_cost(sizes, i, j)
+            if cost == float("inf"):
                 break
-            cost = best[i] + a_cost * w + b_cost * count * w * w
-            if cost < best[j]:
-                best[j], prev[j] = cost, i
+            if best[i] + cost < best[j]:
+                best[j], prev[j] = best[i] + cost, i
     chunks = []
     j = num
     while j > 0:
-        chunks.append((prev[j], j))
+        chunks.append((prev[j] + offset, j + offset))
         j = prev[j]
     return chunks[::-1]
 
@@ -344,6 +304,12 @@ def _run(
     work = torch.float64 if scores.dtype == torch.float64 else torch.float32
     boxes_w = boxes.detach().to(work)
     scores_w = scores.detach().to(work)
+    unit = torch.tensor([0.0, 0.0, 1.0, 1.0], dtype=work, device=dev)
+    if sync:
+        area = (boxes_w[:, 2] - boxes_w[:, 0]) * (boxes_w[:, 3] - boxes_w[:, 1])
+        degenerate = bool((area <= 0).any())
+    else:
+        degenerate = True
 
     if idxs is None:
         order = torch.arange(n_in, device=dev)
@@ -366,12 +332,13 @@ def _run(
         table_g = table[members, :width]
         valid = table_g >= 0
         safe = table_g.clamp(min=0)
-        b_pad = boxes_w[safe].masked_fill_(~valid[..., None], 0.0)
+        # Padding boxes are unit squares: never 0 / 0, never read for a live class.
+        b_pad = torch.where(valid[..., None], boxes_w[safe], unit)
         s_pad = scores_w[safe].masked_fill_(~valid, float("-inf"))
-        rows = _Rows(b_pad, method, sigma, iou_threshold)
+        rows = _Rows(b_pad, method, sigma, iou_threshold, degenerate)
         tied = True
-        if sync and not force_exact and score_threshold > 0:
-            sel_s, sel_b, tied = _round_greedy(s_pad, rows, score_threshold, _PICKS_PER_ROUND)
+        if sync and not force_exact:
+            sel_s, sel_b, tied = _seq_greedy(s_pad, rows, score_threshold)
         if tied:
             sel_s, sel_b = _exact_greedy(s_pad, counts[members], rows, score_threshold, sync)
         live = sel_s >= score_threshold  # (T, C); drops spent steps and a sub-threshold pick
