@@ -382,6 +382,8 @@ def test_bad_inputs_raise_value_error():
     model = _tiny_model().eval()
     with pytest.raises(ValueError, match=r"image.*\(3, H, W\)"):
         model([{"image": torch.zeros(1, 64, 64)}])
+    with pytest.raises(ValueError, match="multiples of 16"):
+        model.backbone(torch.zeros(1, 3, 24, 32))
     with pytest.raises(ValueError, match="instances"):
         model.train()([{"image": torch.zeros(3, 64, 64)}])
     with pytest.raises(ValueError, match="FOCAL_ALPHA"):
