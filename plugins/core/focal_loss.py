@@ -52,6 +52,11 @@ def _chunks(numel: int) -> list[tuple[int, int]]:
     return [(s, min(s + _CHUNK, numel)) for s in range(0, numel, _CHUNK)]
 
 
+def _upcast(x: Tensor) -> Tensor:
+    """Half / bfloat16 chunks are computed in float32 (as autocast does for this loss)."""
+    return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+
+
 def _forward_terms(x: Tensor, t: Tensor, gamma: float) -> tuple[Tensor, Tensor, Tensor]:
     """Return ``(p, ce, m)`` for one chunk; ``m = 1 - p_t``."""
     p = torch.sigmoid(x)
@@ -125,14 +130,14 @@ class _SigmoidFocal(torch.autograd.Function):
         if reduction == "none":
             out = torch.empty_like(x)
             for s, e in _chunks(n):
-                out[s:e] = _focal_chunk(x[s:e], t[s:e], alpha, gamma)
+                out[s:e] = _focal_chunk(_upcast(x[s:e]), _upcast(t[s:e]), alpha, gamma)
             out = out.view(inputs.shape)
         else:
             # Sum per chunk so that no full-size loss tensor is ever materialised.
-            acc = x.new_zeros(())
+            acc = _upcast(x.new_zeros(()))
             for s, e in _chunks(n):
-                acc = acc + _focal_chunk(x[s:e], t[s:e], alpha, gamma).sum()
-            out = acc / n if reduction == "mean" else acc
+                acc = acc + _focal_chunk(_upcast(x[s:e]), _upcast(t[s:e]), alpha, gamma).sum()
+            out = (acc / n if reduction == "mean" else acc).to(x.dtype)
         ctx.save_for_backward(inputs, targets)
         ctx.alpha, ctx.gamma, ctx.reduction = alpha, gamma, reduction
         return out
@@ -151,7 +156,9 @@ class _SigmoidFocal(torch.autograd.Function):
         gx_all = torch.empty_like(x) if want_x else None
         gt_all = torch.empty_like(t) if want_t else None
         for s, e in _chunks(n):
-            gx, gt = _focal_grads(x[s:e], t[s:e], ctx.alpha, ctx.gamma, want_x, want_t)
+            gx, gt = _focal_grads(
+                _upcast(x[s:e]), _upcast(t[s:e]), ctx.alpha, ctx.gamma, want_x, want_t
+            )
             gs = g[s:e] if ctx.reduction == "none" else g
             if gx is not None:
                 torch.mul(gx, gs, out=gx_all[s:e])
