@@ -48,10 +48,14 @@ def _pairwise_iou(a: Tensor, b: Tensor, check_degenerate: bool = True) -> Tensor
     bx1, by1, bx2, by2 = (b[..., k].contiguous()[..., None, :] for k in range(4))
     area_a = (ax2 - ax1).mul_(ay2 - ay1)
     area_b = (bx2 - bx1).mul_(by2 - by1)
-    iw = torch.minimum(ax2, bx2).sub_(torch.maximum(ax1, bx1)).clamp_(min=0)
-    ih = torch.minimum(ay2, by2).sub_(torch.maximum(ay1, by1)).clamp_(min=0)
-    inter = iw.mul_(ih)
-    union = torch.add(area_a, area_b).sub_(inter)
+    # Three full-size buffers, reused through out= / in-place ops.
+    inter = torch.minimum(ax2, bx2)
+    tmp = torch.maximum(ax1, bx1)
+    inter.sub_(tmp).clamp_(min=0)
+    torch.minimum(ay2, by2, out=tmp)
+    union = torch.maximum(ay1, by1)
+    inter.mul_(tmp.sub_(union).clamp_(min=0))
+    torch.add(area_a, area_b, out=union).sub_(inter)
     iou = inter.div_(union)
     if check_degenerate:
         iou.masked_fill_(~(union > 0), 0.0)
@@ -85,7 +89,8 @@ class _Rows:
             # mmcv: exp(-(iou * iou) / sigma); x / -s == -x / s exactly.
             w = iou.mul_(iou).div_(-self.sigma).exp_()
         else:
-            w = torch.where(iou >= self.iou_threshold, 1.0 - iou, 1.0)
+            below = iou < self.iou_threshold
+            w = iou.neg_().add_(1.0).masked_fill_(below, 1.0)  # (scalar where() is slow)
         return w.clamp_(min=torch.finfo(w.dtype).tiny)
 
     def __call__(self, sel: Tensor) -> Tensor:
@@ -304,7 +309,6 @@ def _run(
     work = torch.float64 if scores.dtype == torch.float64 else torch.float32
     boxes_w = boxes.detach().to(work)
     scores_w = scores.detach().to(work)
-    unit = torch.tensor([0.0, 0.0, 1.0, 1.0], dtype=work, device=dev)
     if sync:
         area = (boxes_w[:, 2] - boxes_w[:, 0]) * (boxes_w[:, 3] - boxes_w[:, 1])
         degenerate = bool((area <= 0).any())
@@ -333,7 +337,9 @@ def _run(
         valid = table_g >= 0
         safe = table_g.clamp(min=0)
         # Padding boxes are unit squares: never 0 / 0, never read for a live class.
-        b_pad = torch.where(valid[..., None], boxes_w[safe], unit)
+        b_pad = boxes_w[safe]
+        b_pad.masked_fill_(~valid[..., None], 0.0)
+        b_pad[..., 2:].masked_fill_(~valid[..., None], 1.0)
         s_pad = scores_w[safe].masked_fill_(~valid, float("-inf"))
         rows = _Rows(b_pad, method, sigma, iou_threshold, degenerate)
         tied = True
