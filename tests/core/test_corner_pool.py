@@ -15,6 +15,15 @@ from plugins.core.corner_pool import (
 )
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _single_thread():
+    """Tiny tensors: one intra-op thread is as fast and immune to a busy shared machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def _brute_force(x: torch.Tensor, direction: str) -> torch.Tensor:
     """Definition by slicing: max over the rest of the column / row."""
     out = torch.empty_like(x)
