@@ -8,8 +8,8 @@ it in the same column (``out[..., i, j] = max_{k >= i} x[..., k, j]``); ``"botto
 ``"left"`` looks right and ``"right"`` looks left. A top-left corner is found by adding a
 top-pooled and a left-pooled map.
 
-``"right"`` is ``torch.cummax`` along the contiguous last axis (what mmcv runs too). The other
-three directions avoid ``cummax`` on a flipped copy or along a strided axis: the running
+``"right"`` is ``torch.cummax`` along the contiguous last axis (what mmcv runs too), as is every
+direction on non-CPU devices (flip + ``cummax`` + flip). On CPU the other three directions avoid ``cummax`` on a flipped copy or along a strided axis: the running
 maximum is computed one row at a time on whole ``(B*C, W)`` slices (for ``"left"`` after a
 blocked 2-D transpose, chunk by chunk), and the backward pass is one fused multiply-add per row
 driven by a boolean "did not set the maximum" mask instead of an int64 index tensor. On CPU
@@ -198,10 +198,14 @@ def corner_pool(x: Tensor, direction: str) -> Tensor:
     check_choice("direction", direction, DIRECTIONS)
     if x.numel() == 0:
         return x.clone()
-    if direction == "right":
-        # forward scan along the contiguous last axis: torch.cummax is already optimal here
-        return torch.cummax(x, dim=3).values
     axis, reverse = _SCAN[direction]
+    if direction == "right" or x.device.type != "cpu":
+        # cummax along the contiguous last axis is already optimal on CPU, and on accelerators
+        # one cummax kernel beats a per-row loop of launches
+        dim = 3 if axis == "w" else 2
+        src = x.flip(dim) if reverse else x
+        out = torch.cummax(src, dim=dim).values
+        return out.flip(dim) if reverse else out
     return _CornerPoolFn.apply(x, axis, reverse)
 
 

@@ -6,11 +6,13 @@ import pytest
 import torch
 
 from plugins.core.corner_pool import (
+    _SCAN,
     DIRECTIONS,
     BottomRightPool,
     CornerPool,
     CornerPoolBlock,
     TopLeftPool,
+    _CornerPoolFn,
     corner_pool,
 )
 
@@ -48,6 +50,11 @@ def test_matches_definition(direction):
     x = torch.randn(2, 3, 5, 7, generator=g)
     torch.testing.assert_close(
         corner_pool(x, direction), _brute_force(x, direction), rtol=0, atol=0
+    )
+    # the row-scan kernel also handles the forward W scan that "right" hands to torch.cummax
+    axis, reverse = _SCAN[direction]
+    torch.testing.assert_close(
+        _CornerPoolFn.apply(x, axis, reverse), _brute_force(x, direction), rtol=0, atol=0
     )
 
 
