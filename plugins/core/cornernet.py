@@ -571,8 +571,19 @@ def cornernet_loss(
     gt_tl, gt_br = targets["tl_heat"], targets["br_heat"]
     gt_tl_off, gt_br_off = targets["tl_off"], targets["br_off"]
     corners = targets["corners"]
-    assert isinstance(gt_tl, Tensor) and isinstance(gt_br, Tensor)
-    assert isinstance(gt_tl_off, Tensor) and isinstance(gt_br_off, Tensor)
+    sizes: dict[str, int] = {}
+    check_tensor("targets['tl_heat']", gt_tl, ("B", "C", "H", "W"), floating=True, sizes=sizes)
+    check_tensor("targets['br_heat']", gt_br, ("B", "C", "H", "W"), floating=True, sizes=sizes)
+    check_tensor("targets['tl_off']", gt_tl_off, ("B", 2, "H", "W"), floating=True, sizes=sizes)
+    check_tensor("targets['br_off']", gt_br_off, ("B", 2, "H", "W"), floating=True, sizes=sizes)
+    if len(corners) != sizes["B"]:
+        raise ValueError(f"targets['corners']: expected {sizes['B']} tensors, got {len(corners)}")
+    n_levels = len(outputs["tl_heat"])
+    for key in OUTPUT_KEYS:
+        if len(outputs[key]) != n_levels:
+            raise ValueError(
+                f"outputs[{key!r}]: expected {n_levels} levels (as tl_heat), got {len(outputs[key])}"
+            )
 
     tl_peak, br_peak = gt_tl.eq(1), gt_br.eq(1)
     tl_norm = tl_peak.sum().clamp(min=1).to(gt_tl.dtype) + _AVG_EPS
@@ -582,7 +593,6 @@ def cornernet_loss(
     tl_mask_norm = tl_mask.sum().clamp(min=1) + _AVG_EPS
     br_mask_norm = br_mask.sum().clamp(min=1) + _AVG_EPS
 
-    n_levels = len(outputs["tl_heat"])
     with_emb = outputs["tl_emb"][0] is not None if n_levels else False
     result: dict[str, list[Tensor]] = {"det_loss": [], "off_loss": []}
     if with_emb:
@@ -601,7 +611,8 @@ def cornernet_loss(
 
         if with_emb:
             tl_emb, br_emb = outputs["tl_emb"][lvl], outputs["br_emb"][lvl]
-            assert tl_emb is not None and br_emb is not None
+            if tl_emb is None or br_emb is None:
+                raise ValueError(f"outputs['tl_emb'/'br_emb'][{lvl}]: expected tensors, got None")
             pull, push = associative_embedding_loss(
                 tl_emb,
                 br_emb,
