@@ -141,17 +141,20 @@ def _seq_greedy(scores: Tensor, rows: _Rows, score_threshold: float) -> tuple[Te
         ids.append(i0)
         if t + 1 == n:
             break
-        if flat is not None:
+        if self_kill:
+            # Discarded boxes keep their (sub-threshold) scores instead of -inf: they can
+            # never outrank a live box again, and their picks are filtered out at the end.
             s.mul_(flat.index_select(0, base + i0))
-        else:
-            s.mul_(rows(i0))
-        if not self_kill:
-            s.scatter_(1, i[:, :1], neg_inf)
+            if t % 4 == 3 and v[:, 0].max().item() < score_threshold:
+                break
+            continue
+        s.mul_(flat.index_select(0, base + i0) if flat is not None else rows(i0))
+        s.scatter_(1, i[:, :1], neg_inf)
         s.masked_fill_(s < score_threshold, neg_inf)
         if t % 4 == 3 and s.max().item() == neg_inf:
             break
     v = torch.stack(vals)
-    tied = n > 1 and bool(((v[..., 1] == v[..., 0]) & (v[..., 0] > neg_inf)).any())
+    tied = n > 1 and bool(((v[..., 1] == v[..., 0]) & (v[..., 0] >= score_threshold)).any())
     return v[..., 0], torch.stack(ids), tied
 
 
