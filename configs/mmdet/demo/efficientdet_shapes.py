@@ -1,0 +1,170 @@
+# EfficientDet on the embedded Shapes dataset (generated on first use), sized to train on a
+# CPU in under 10 minutes from scratch (no pretrained weights are downloadable here):
+#   python tools/mm_train.py configs/mmdet/demo/efficientdet_shapes.py
+#
+# Differences from the paper's recipe (_base_/efficientdet.py), all for the tiny budget:
+# a small variant derived from efficientdet_test, 256 px inputs, anchor_scale 2 (the
+# shapes are 10-150 px), milder scale jitter [0.5, 1.5], a short schedule and a larger
+# learning rate for the small batch. Loss, coder, anchors layout, EMA and soft-NMS are
+# the paper's.
+_base_ = "mmdet::_base_/default_runtime.py"
+custom_imports = dict(imports=["plugins.mm"], allow_failed_imports=False)
+
+variant = dict(
+    base="efficientdet_test",
+    width_mult=0.5,
+    depth_mult=0.35,
+    fpn_channels=48,
+    fpn_repeats=2,
+    head_repeats=2,
+    anchor_scale=2.0,
+    drop_path_rate=0.0,
+)
+image_size = 256
+num_classes = 6  # plugins.data.shapes.SHAPES_CLASSES
+
+model = dict(
+    type="PluginsEfficientDet",
+    data_preprocessor=dict(
+        type="DetDataPreprocessor",
+        mean=[123.675, 116.28, 103.53],
+        std=[58.395, 57.12, 57.375],
+        bgr_to_rgb=True,
+        pad_size_divisor=128,
+        batch_augments=[dict(type="BatchFixedSizePad", size=(image_size, image_size))],
+    ),
+    backbone=dict(type="PluginsEfficientNet", variant=variant),
+    neck=dict(type="PluginsBiFPN", variant=variant),
+    bbox_head=dict(
+        type="PluginsEfficientDetHead",
+        variant=variant,
+        num_classes=num_classes,
+        anchor_generator=dict(type="PluginsEfficientDetAnchorGenerator", variant=variant),
+        bbox_coder=dict(type="PluginsEfficientDetBoxCoder"),
+        loss_cls=dict(type="PluginsFocalLoss", use_sigmoid=True, gamma=1.5, alpha=0.25),
+        loss_bbox=dict(type="PluginsHuberLoss", delta=0.1, loss_weight=50.0),
+    ),
+    train_cfg=dict(
+        assigner=dict(
+            type="MaxIoUAssigner",
+            pos_iou_thr=0.5,
+            neg_iou_thr=0.5,
+            min_pos_iou=0.0,
+            ignore_iof_thr=-1,
+        ),
+        sampler=dict(type="PseudoSampler"),
+        allowed_border=-1,
+        pos_weight=-1,
+        debug=False,
+    ),
+    test_cfg=dict(
+        nms_pre=1000,
+        min_bbox_size=0,
+        score_thr=0.01,
+        nms=dict(
+            type="plugins_soft_nms",
+            method="gaussian",
+            sigma=0.5,
+            iou_threshold=0.3,
+            min_score=0.01,
+        ),
+        max_per_img=100,
+    ),
+)
+
+train_pipeline = [
+    dict(type="LoadImageFromFile"),
+    dict(type="LoadAnnotations", with_bbox=True),
+    dict(
+        type="RandomResize",
+        scale=(image_size, image_size),
+        ratio_range=(0.5, 1.5),
+        keep_ratio=True,
+    ),
+    dict(type="RandomCrop", crop_size=(image_size, image_size), allow_negative_crop=True),
+    dict(type="RandomFlip", prob=0.5),
+    dict(type="PackDetInputs"),
+]
+test_pipeline = [
+    dict(type="LoadImageFromFile"),
+    dict(type="Resize", scale=(image_size, image_size), keep_ratio=True),
+    dict(type="LoadAnnotations", with_bbox=True),
+    dict(
+        type="PackDetInputs",
+        meta_keys=("img_id", "img_path", "ori_shape", "img_shape", "scale_factor"),
+    ),
+]
+train_dataloader = dict(
+    batch_size=8,
+    num_workers=1,
+    persistent_workers=True,
+    sampler=dict(type="DefaultSampler", shuffle=True),
+    dataset=dict(
+        type="PluginsShapesDataset",
+        split="train",
+        filter_cfg=dict(filter_empty_gt=False),
+        pipeline=train_pipeline,
+    ),
+)
+val_dataloader = dict(
+    batch_size=8,
+    num_workers=1,
+    persistent_workers=True,
+    drop_last=False,
+    sampler=dict(type="DefaultSampler", shuffle=False),
+    dataset=dict(
+        type="PluginsShapesDataset",
+        split="val",
+        test_mode=True,
+        pipeline=test_pipeline,
+    ),
+)
+test_dataloader = val_dataloader
+val_evaluator = dict(type="PluginsShapesMetric", split="val", metric="bbox")
+test_evaluator = val_evaluator
+
+max_epochs = 12
+train_cfg = dict(type="EpochBasedTrainLoop", max_epochs=max_epochs, val_interval=max_epochs)
+val_cfg = dict(type="ValLoop")
+test_cfg = dict(type="TestLoop")
+param_scheduler = [
+    dict(type="LinearLR", start_factor=0.1, by_epoch=False, begin=0, end=40),
+    dict(
+        type="CosineAnnealingLR",
+        eta_min=0.0,
+        begin=1,
+        end=max_epochs,
+        T_max=max_epochs - 1,
+        by_epoch=True,
+        convert_to_iter_based=True,
+    ),
+]
+optim_wrapper = dict(
+    type="OptimWrapper",
+    optimizer=dict(type="SGD", lr=0.08, momentum=0.9, weight_decay=4e-5),
+    paramwise_cfg=dict(norm_decay_mult=0.0, bypass_duplicate=True),
+    clip_grad=dict(max_norm=10.0, norm_type=2),
+)
+# EMA as the recipe, but decay 0.99 instead of 0.9998: the demo runs only ~500 iterations.
+custom_hooks = [
+    dict(
+        type="EMAHook",
+        ema_type="ExponentialMovingAverage",
+        momentum=0.01,
+        update_buffers=True,
+        priority=49,
+    )
+]
+default_hooks = dict(
+    logger=dict(type="LoggerHook", interval=10),
+    checkpoint=dict(type="CheckpointHook", interval=max_epochs, max_keep_ckpts=1),
+    visualization=dict(type="DetVisualizationHook", draw=False),
+)
+env_cfg = dict(
+    cudnn_benchmark=False,
+    mp_cfg=dict(mp_start_method="fork", opencv_num_threads=0),
+    dist_cfg=dict(backend="gloo"),
+)
+auto_scale_lr = dict(enable=False, base_batch_size=8)
+log_processor = dict(window_size=10)
+randomness = dict(seed=0)

@@ -1,0 +1,30 @@
+# RetinaNet R50-FPN 1x on COCO (mmdet's config) with the plugins' sigmoid focal loss
+# (PluginsFocalLoss: the core focal loss, no CUDA kernel needed) and the core Gaussian
+# soft-NMS at test time (PluginsRetinaHead understands nms.type="plugins_soft_nms").
+#   python tools/mm_train.py configs/mmdet/retinanet_r50_fpn_1x_coco_plugins.py
+_base_ = "mmdet::retinanet/retinanet_r50_fpn_1x_coco.py"
+custom_imports = dict(imports=["plugins.mm"], allow_failed_imports=False)
+
+model = dict(
+    bbox_head=dict(
+        type="PluginsRetinaHead",
+        loss_cls=dict(
+            _delete_=True,
+            type="PluginsFocalLoss",
+            use_sigmoid=True,
+            gamma=2.0,
+            alpha=0.25,
+            loss_weight=1.0,
+        ),
+    ),
+    test_cfg=dict(
+        nms=dict(
+            _delete_=True,
+            type="plugins_soft_nms",
+            method="gaussian",
+            sigma=0.5,
+            iou_threshold=0.3,
+            min_score=0.05,
+        ),
+    ),
+)

@@ -1,0 +1,17 @@
+"""MMDetection 3.x adapters: registrations in mmdet's registries (names start with ``Plugins``).
+
+Importing this package registers every component (configs do it with
+``custom_imports = dict(imports=["plugins.mm"], allow_failed_imports=False)``):
+
+* ``MODELS``: ``PluginsEfficientDet``, ``PluginsEfficientNet``, ``PluginsBiFPN``,
+  ``PluginsEfficientDetHead``, ``PluginsRetinaHead``, the losses ``PluginsFocalLoss``,
+  ``PluginsAlphaBalancedBCELoss``, ``PluginsGaussianFocalLoss``, ``PluginsHuberLoss``,
+  ``PluginsSmoothL1Loss``, and the CornerNet components of :mod:`plugins.mm.cornernet`.
+* ``TASK_UTILS``: ``PluginsEfficientDetAnchorGenerator``, ``PluginsEfficientDetBoxCoder``.
+* ``DATASETS``: ``PluginsShapesDataset``; ``METRICS``: ``PluginsShapesMetric``.
+* Test-time NMS: ``test_cfg.nms.type="plugins_soft_nms"`` (:mod:`plugins.mm.soft_nms`).
+"""
+
+from plugins.mm import datasets, efficientdet, losses, soft_nms  # noqa: F401  (registration)
+
+__all__ = ["datasets", "efficientdet", "losses", "soft_nms"]

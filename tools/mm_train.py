@@ -1,0 +1,324 @@
+"""Train a detector with MMDetection 3.x and the plugins' components.
+
+Same command line as mmdet's ``tools/train.py``::
+
+    python tools/mm_train.py CONFIG [--work-dir DIR] [--resume [CKPT]] [--amp]
+        [--auto-scale-lr] [--cfg-options KEY=VALUE ...] [--launcher {none,pytorch,slurm,mpi}]
+
+Distributed (CPU gloo or GPU nccl) through mmengine + torchrun::
+
+    python -m torch.distributed.run --nproc_per_node 2 tools/mm_train.py CONFIG --launcher pytorch
+
+Before building the runner the config is checked, and the script exits with status 2 and a
+message naming the problem for: an unknown model type, a dataset root that does not exist
+(with how to use the embedded Shapes dataset instead), and a missing or corrupt checkpoint.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import os.path as osp
+import sys
+from collections.abc import Iterator
+
+REPO_ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
+if REPO_ROOT not in sys.path:  # `python tools/mm_train.py` without `pip install -e .`
+    sys.path.insert(0, REPO_ROOT)
+
+SHAPES_HINT = (
+    "To train on the embedded Shapes dataset instead (generated on first use), use "
+    "configs/mmdet/demo/efficientdet_shapes.py or configs/mmdet/demo/retinanet_shapes.py, or set "
+    "the dataset type to PluginsShapesDataset, e.g. --cfg-options "
+    "train_dataloader.dataset.type=PluginsShapesDataset"
+)
+
+
+class ConfigProblem(Exception):
+    """A problem with the config or the files it names, reported without a traceback."""
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Command line of mmdet's ``tools/train.py``."""
+    from mmengine.config import DictAction
+
+    parser = argparse.ArgumentParser(description="Train a detector (MMDetection + plugins)")
+    parser.add_argument("config", help="train config file path")
+    parser.add_argument("--work-dir", help="directory for logs and checkpoints")
+    parser.add_argument(
+        "--amp", action="store_true", help="automatic mixed precision (mmengine AmpOptimWrapper)"
+    )
+    parser.add_argument(
+        "--auto-scale-lr",
+        action="store_true",
+        help="scale the lr by the total batch size / auto_scale_lr.base_batch_size",
+    )
+    parser.add_argument(
+        "--resume",
+        nargs="?",
+        type=str,
+        const="auto",
+        help="resume from this checkpoint, or (no value) from the latest one in the work dir",
+    )
+    parser.add_argument(
+        "--cfg-options",
+        nargs="+",
+        action=DictAction,
+        help="override config entries, KEY=VALUE (e.g. train_cfg.max_epochs=2)",
+    )
+    parser.add_argument(
+        "--launcher",
+        choices=["none", "pytorch", "slurm", "mpi"],
+        default="none",
+        help="job launcher",
+    )
+    # torch.distributed.launch passes --local-rank (torch >= 2) or --local_rank
+    parser.add_argument("--local_rank", "--local-rank", type=int, default=0)
+    args = parser.parse_args(argv)
+    if "LOCAL_RANK" not in os.environ:
+        os.environ["LOCAL_RANK"] = str(args.local_rank)
+    return args
+
+
+# ------------------------------------------------------------------------------------------
+# checks shared with tools/mm_test.py
+
+
+def load_config(path: str, cfg_options: dict | None = None):
+    """Load a config (importing its ``custom_imports``) and merge ``cfg_options``.
+
+    Raises:
+        ConfigProblem: the file is missing or its custom imports fail.
+    """
+    from mmengine.config import Config
+
+    if not osp.isfile(path):
+        raise ConfigProblem(f"config file not found: {path}")
+    try:
+        cfg = Config.fromfile(path)
+    except ImportError as exc:
+        raise ConfigProblem(f"config {path}: a module in custom_imports failed: {exc}") from exc
+    if cfg_options:
+        cfg.merge_from_dict(cfg_options)
+    return cfg
+
+
+def check_model_types(cfg, config_path: str) -> None:
+    """Every ``type`` of the model, backbone, neck and heads must be registered.
+
+    Raises:
+        ConfigProblem: names the unknown type, where it is and what is registered.
+    """
+    from mmdet.registry import MODELS
+    from mmdet.utils import register_all_modules
+
+    register_all_modules(init_default_scope=False)
+    model = cfg.get("model")
+    if model is None:
+        raise ConfigProblem(f"config {config_path}: no 'model' entry")
+    places = [("model", model)]
+    for key in ("backbone", "neck", "bbox_head", "rpn_head", "roi_head", "data_preprocessor"):
+        sub = model.get(key)
+        if isinstance(sub, dict):
+            places.append((f"model.{key}", sub))
+    for where, node in places:
+        name = node.get("type")
+        if isinstance(name, str) and MODELS.get(name) is None:
+            plugins = sorted(k for k in MODELS.module_dict if k.startswith("Plugins"))
+            raise ConfigProblem(
+                f"config {config_path}: unknown model type {name!r} at {where}.type; it is not "
+                f"registered in mmdet's MODELS registry. Check the spelling, and that the config "
+                f"loads the plugins with custom_imports = dict(imports=['plugins.mm'], "
+                f"allow_failed_imports=False). Plugin types: {', '.join(plugins)}"
+            )
+
+
+def _datasets(node, where: str) -> Iterator[tuple[str, dict]]:
+    """Dataset configs inside a dataloader's ``dataset`` (through wrappers)."""
+    if not isinstance(node, dict):
+        return
+    yield where, node
+    if isinstance(node.get("dataset"), dict):
+        yield from _datasets(node["dataset"], f"{where}.dataset")
+    for i, sub in enumerate(node.get("datasets") or []):
+        yield from _datasets(sub, f"{where}.datasets[{i}]")
+
+
+def _is_generated_dataset(type_name) -> bool:
+    from mmdet.registry import DATASETS
+
+    from plugins.mm.datasets import PluginsShapesDataset
+
+    cls = DATASETS.get(type_name) if isinstance(type_name, str) else type_name
+    return isinstance(cls, type) and issubclass(cls, PluginsShapesDataset)
+
+
+def check_data(
+    cfg, config_path: str, loaders: tuple[str, ...], evaluators: tuple[str, ...]
+) -> None:
+    """The data roots, annotation files and evaluator annotation files must exist.
+
+    Datasets of type ``PluginsShapesDataset`` are generated on first use and skipped.
+
+    Raises:
+        ConfigProblem: names the missing path, the config key and the Shapes alternative.
+    """
+    for loader in loaders:
+        dl = cfg.get(loader)
+        if not isinstance(dl, dict):
+            continue
+        for where, ds in _datasets(dl.get("dataset"), f"{loader}.dataset"):
+            if _is_generated_dataset(ds.get("type")):
+                continue
+            root = ds.get("data_root")
+            if root and not osp.isdir(root):
+                raise ConfigProblem(
+                    f"config {config_path}: data root {root!r} ({where}.data_root) does not "
+                    f"exist (resolved: {osp.abspath(root)}). Put the dataset there or point to "
+                    f"it with --cfg-options {where}.data_root=/path/to/data/. {SHAPES_HINT}"
+                )
+            ann = ds.get("ann_file")
+            if ann and "dataset" not in ds and "datasets" not in ds:
+                path = ann if osp.isabs(ann) or not root else osp.join(root, ann)
+                if not osp.isfile(path):
+                    raise ConfigProblem(
+                        f"config {config_path}: annotation file {path!r} ({where}.ann_file) "
+                        f"does not exist. {SHAPES_HINT}"
+                    )
+    for key in evaluators:
+        items = cfg.get(key)
+        items = [items] if isinstance(items, dict) else list(items or [])
+        for i, ev in enumerate(items):
+            ann = ev.get("ann_file") if isinstance(ev, dict) else None
+            if ann and not osp.isfile(ann):
+                where = key if len(items) == 1 else f"{key}[{i}]"
+                raise ConfigProblem(
+                    f"config {config_path}: evaluator annotation file {ann!r} "
+                    f"({where}.ann_file) does not exist. {SHAPES_HINT}"
+                )
+
+
+def check_checkpoint(path: str, what: str = "checkpoint") -> None:
+    """The checkpoint must exist and be a loadable PyTorch checkpoint with weights.
+
+    Raises:
+        ConfigProblem: missing file, unreadable/corrupt file, or no tensors in it.
+    """
+    import torch
+
+    if not osp.isfile(path):
+        raise ConfigProblem(f"{what} not found: {path}")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:  # any unpickling / zip / EOF error means a corrupt file
+        raise ConfigProblem(
+            f"{what} {path} is corrupt or not a PyTorch checkpoint ({type(exc).__name__}: {exc})"
+        ) from exc
+    state = ckpt.get("state_dict", ckpt) if isinstance(ckpt, dict) else None
+    if not isinstance(state, dict) or not any(torch.is_tensor(v) for v in state.values()):
+        raise ConfigProblem(f"{what} {path} holds no model weights (no tensors in its state dict)")
+
+
+def setup_distributed_on_cpu(cfg, launcher: str) -> None:
+    """Let a CPU-only machine run ``--launcher pytorch``: gloo process group, no device ids.
+
+    mmengine's pytorch launcher pins a CUDA device and mmdet's default runtime asks for nccl;
+    without CUDA both fail, so the gloo group is created here (mmengine then reuses it) and the
+    DDP wrapper gets ``device_ids=None``, as CPU modules need.
+    """
+    import torch
+    import torch.distributed as dist
+
+    if launcher != "pytorch" or torch.cuda.is_available():
+        return
+    backend = cfg.get("env_cfg", {}).get("dist_cfg", {}).get("backend", "gloo")
+    if backend != "gloo":
+        print(f"mm_train: no CUDA device, using the gloo backend instead of {backend!r}")
+        cfg.env_cfg.dist_cfg.backend = "gloo"
+    if not dist.is_initialized():
+        dist.init_process_group(backend="gloo")
+    wrapper = dict(type="MMDistributedDataParallel", device_ids=None)
+    wrapper.update(cfg.get("model_wrapper_cfg") or {})
+    wrapper["device_ids"] = None
+    cfg.model_wrapper_cfg = wrapper
+
+
+def fail(prog: str, message: str) -> None:
+    """Print ``prog: error: message`` to stderr and exit with status 2."""
+    print(f"{prog}: error: {message}", file=sys.stderr, flush=True)
+    sys.exit(2)
+
+
+# ------------------------------------------------------------------------------------------
+
+
+def build_train_config(args: argparse.Namespace):
+    """Load the config and apply the command line (work dir, AMP, lr scaling, resume).
+
+    Raises:
+        ConfigProblem: see :func:`check_model_types`, :func:`check_data`,
+            :func:`check_checkpoint`.
+    """
+    cfg = load_config(args.config, args.cfg_options)
+    cfg.launcher = args.launcher
+    if args.work_dir is not None:
+        cfg.work_dir = args.work_dir
+    elif cfg.get("work_dir") is None:
+        cfg.work_dir = osp.join("./work_dirs", osp.splitext(osp.basename(args.config))[0])
+
+    if args.amp:
+        if cfg.optim_wrapper.get("type", "OptimWrapper") == "AmpOptimWrapper":
+            print("mm_train: the config already uses AmpOptimWrapper")
+        else:
+            cfg.optim_wrapper.type = "AmpOptimWrapper"
+            cfg.optim_wrapper.loss_scale = "dynamic"
+
+    if args.auto_scale_lr:
+        scale = cfg.get("auto_scale_lr")
+        if not scale or "base_batch_size" not in scale:
+            raise ConfigProblem(
+                f"config {args.config}: --auto-scale-lr needs "
+                "auto_scale_lr = dict(enable=False, base_batch_size=N) in the config"
+            )
+        cfg.auto_scale_lr.enable = True
+
+    if args.resume == "auto":
+        cfg.resume = True
+        cfg.load_from = None
+    elif args.resume is not None:
+        cfg.resume = True
+        cfg.load_from = args.resume
+
+    check_model_types(cfg, args.config)
+    validate = cfg.get("val_cfg") is not None and cfg.get("val_dataloader") is not None
+    check_data(
+        cfg,
+        args.config,
+        ("train_dataloader", "val_dataloader") if validate else ("train_dataloader",),
+        ("val_evaluator",) if validate else (),
+    )
+    if cfg.get("load_from"):
+        what = "checkpoint to resume from" if cfg.get("resume") else "checkpoint (load_from)"
+        check_checkpoint(cfg.load_from, what)
+    return cfg
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point."""
+    args = parse_args(argv)
+    from mmdet.utils import setup_cache_size_limit_of_dynamo
+    from mmengine.registry import RUNNERS
+    from mmengine.runner import Runner
+
+    setup_cache_size_limit_of_dynamo()
+    try:
+        cfg = build_train_config(args)
+    except ConfigProblem as exc:
+        fail("mm_train", str(exc))
+    setup_distributed_on_cpu(cfg, args.launcher)
+    runner = Runner.from_cfg(cfg) if "runner_type" not in cfg else RUNNERS.build(cfg)
+    runner.train()
+
+
+if __name__ == "__main__":
+    main()
