@@ -12,6 +12,7 @@ import pytest
 import torch
 import torchvision
 
+import plugins.core.soft_nms as soft_nms_module
 from plugins.core.soft_nms import _run, batched_soft_nms, soft_nms
 
 
@@ -81,6 +82,7 @@ CASES = [
     ("gaussian", 0.1, 0.3, 0.05),
     ("linear", 0.5, 0.3, 0.001),
     ("linear", 0.5, 0.6, 0.1),
+    ("gaussian", 0.5, 0.3, 0.0),  # no discarding at all (other fast-path branch)
 ]
 
 
@@ -202,6 +204,20 @@ def test_batched_soft_nms_matches_mmcv(method, split_thr):
     assert keep.tolist() == rkeep.tolist()
     torch.testing.assert_close(sc, dets[:, 4], rtol=1e-4, atol=1e-6)
     torch.testing.assert_close(boxes[keep], dets[:, :4])
+
+
+@pytest.mark.parametrize("method", ["gaussian", "linear"])
+def test_memory_bound_paths_match_mmcv(monkeypatch, method):
+    """Weight rows computed on the fly and many small class chunks (tiny memory bound)."""
+    monkeypatch.setattr(soft_nms_module, "_MAX_BLOCK", 300)
+    boxes, scores, idxs = _detector_like(120, 13, num_classes=3)
+    keep, sc = soft_nms(boxes, scores, method)
+    _assert_same((keep, sc), _mmcv_soft(boxes, scores, method, 0.5, 0.3, 0.001))
+    bk, bs = batched_soft_nms(boxes, scores, idxs, method)
+    monkeypatch.undo()
+    ref_k, ref_s = batched_soft_nms(boxes, scores, idxs, method)
+    assert bk.tolist() == ref_k.tolist()
+    torch.testing.assert_close(bs, ref_s, rtol=0, atol=0)
 
 
 def test_batched_equals_per_class_soft_nms():
