@@ -15,6 +15,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -135,6 +136,26 @@ class Conv2dSame(nn.Conv2d):
         )
 
 
+class PointwiseConv2d(nn.Conv2d):
+    """1x1 convolution that runs as a matrix product on channels-last inputs.
+
+    A channels-last ``(B, C, H, W)`` tensor is a contiguous ``(B, H, W, C)`` array, so the 1x1
+    conv is ``linear`` over the last axis with no layout copies (the generic CPU path for 1x1
+    convs copies to and from NCHW). Other inputs use ``F.conv2d``. Parameters and state-dict keys
+    are those of ``nn.Conv2d(in_channels, out_channels, 1)``.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, bias: bool = False) -> None:
+        super().__init__(in_channels, out_channels, 1, bias=bias)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last):
+            w = self.weight.reshape(self.out_channels, self.in_channels)
+            y = F.linear(x.permute(0, 2, 3, 1), w, self.bias)
+            return y.permute(0, 3, 1, 2)
+        return F.conv2d(x, self.weight, self.bias)
+
+
 class MaxPool2dSame(nn.Module):
     """Max-pooling with TensorFlow "SAME" padding (padded cells never win the max).
 
@@ -204,9 +225,12 @@ def conv2d(
             ``(kernel_size - 1) // 2`` padding. Default ``False``.
 
     Returns:
-        A plain ``nn.Conv2d`` whenever the padding is static, else a :class:`Conv2dSame`.
+        A :class:`PointwiseConv2d` for 1x1 convs, a plain ``nn.Conv2d`` whenever the padding is
+        static, else a :class:`Conv2dSame`.
     """
     static = stride == 1 and (kernel_size - 1) % 2 == 0
+    if kernel_size == 1 and stride == 1 and groups == 1:
+        return PointwiseConv2d(in_channels, out_channels, bias=bias)
     if tf_same and not static:
         return Conv2dSame(in_channels, out_channels, kernel_size, stride, groups=groups, bias=bias)
     padding = ((stride - 1) + (kernel_size - 1)) // 2 if not tf_same else (kernel_size - 1) // 2
@@ -299,7 +323,7 @@ class MBConv(nn.Module):
         mid = round_filters(in_channels * expand_ratio, 1.0) if expand_ratio != 1 else in_channels
         self.has_expansion = expand_ratio != 1
         if self.has_expansion:
-            self.expand_conv = nn.Conv2d(in_channels, mid, 1, bias=False)
+            self.expand_conv = PointwiseConv2d(in_channels, mid)
             self.expand_bn = nn.BatchNorm2d(mid, eps=bn_eps, momentum=bn_momentum)
         self.dw_conv = conv2d(mid, mid, kernel_size, stride, groups=mid, tf_same=tf_same)
         self.dw_bn = nn.BatchNorm2d(mid, eps=bn_eps, momentum=bn_momentum)
@@ -307,7 +331,7 @@ class MBConv(nn.Module):
             self.se = SqueezeExcite(mid, round(mid * (se_ratio / expand_ratio)))
         else:
             self.se = None
-        self.project_conv = nn.Conv2d(mid, out_channels, 1, bias=False)
+        self.project_conv = PointwiseConv2d(mid, out_channels)
         self.project_bn = nn.BatchNorm2d(out_channels, eps=bn_eps, momentum=bn_momentum)
         self.residual = stride == 1 and in_channels == out_channels
         self.drop_path_rate = float(drop_path_rate)
@@ -466,6 +490,7 @@ __all__ = [
     "round_filters",
     "round_repeats",
     "Conv2dSame",
+    "PointwiseConv2d",
     "MaxPool2dSame",
     "conv2d",
     "max_pool_same",

@@ -14,6 +14,15 @@ from plugins.core.fusion import WeightedFusion
 from plugins.core.variants import EFFICIENTDET_VARIANTS
 
 
+@pytest.fixture(autouse=True)
+def _single_thread():
+    """Small tensors: one intra-op thread avoids scheduling overhead on busy 2-core runners."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def _inputs(n: int, seed: int = 0) -> list[torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
     return [torch.randn(2, 4, 5, 6, generator=g) for _ in range(n)]
