@@ -21,6 +21,9 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+import plugins.d2  # noqa: E402, F401  (first: stands in for a missing detectron2._C)
+
+# isort: split
 from detectron2.config import CfgNode, get_cfg  # noqa: E402
 from detectron2.engine import default_argument_parser, default_setup, launch  # noqa: E402
 from detectron2.utils import comm  # noqa: E402
@@ -44,19 +47,19 @@ def load_config(config_file: str, opts: list[str]) -> CfgNode:
     """
     cfg = get_cfg()
     add_plugins_config(cfg)
-    try:
-        if config_file:
-            cfg.merge_from_file(config_file)
-    except KeyError as e:
-        raise ConfigError(f"{config_file}: {e.args[0] if e.args else e}") from e
-    except (OSError, ValueError, AssertionError) as e:
-        raise ConfigError(f"{config_file}: {type(e).__name__}: {e}") from e
-    try:
-        cfg.merge_from_list(opts)
-    except KeyError as e:
-        raise ConfigError(f"command line: {e.args[0] if e.args else e}") from e
-    except (ValueError, AssertionError) as e:
-        raise ConfigError(f"command line: {type(e).__name__}: {e}") from e
+    for where, merge, arg in (
+        (config_file, cfg.merge_from_file, config_file),
+        ("command line", cfg.merge_from_list, opts),
+    ):
+        if not arg:
+            continue
+        try:
+            merge(arg)
+        except (KeyError, AssertionError, ValueError, TypeError, OSError) as e:
+            msg = str(e.args[0]) if e.args else type(e).__name__
+            if "Non-existent" in msg:  # yacs: "Non-existent (config) key: A.B.C"
+                msg = f"unknown config key {msg.rsplit(':', 1)[-1].strip()}"
+            raise ConfigError(f"{where}: {msg}") from e
     cfg.freeze()
     return cfg
 

@@ -62,6 +62,12 @@ def _add_efficientdet_config(cfg: CN) -> None:
     # Variant name from plugins.core.variants.EFFICIENTDET_VARIANTS: "efficientdet_d0" ...
     # "efficientdet_d7x", or the tiny "efficientdet_test" (used by tests and demos).
     node.VARIANT = "efficientdet_d0"
+    # Overrides of the variant's table entry (0 keeps the table value), for small demos and
+    # experiments: BiFPN width, BiFPN layers, head conv repeats, anchor size in strides.
+    node.FPN_CHANNELS = 0
+    node.FPN_REPEATS = 0
+    node.HEAD_REPEATS = 0
+    node.ANCHOR_SCALE = 0.0
     # Number of object classes (no background class). COCO: 80.
     node.NUM_CLASSES = 80
     # Backbone outputs fed to the heads, finest first (one per pyramid level of the variant);

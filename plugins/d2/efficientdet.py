@@ -14,6 +14,7 @@ Parameters live under the same prefixes as in the MMDetection adapter, up to a p
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 
 import torch
@@ -45,6 +46,7 @@ __all__ = [
     "classification_loss",
     "nms_from_config",
     "select_detections",
+    "variant_from_cfg",
 ]
 
 logger = logging.getLogger(__name__)
@@ -103,15 +105,35 @@ class EfficientNetBiFPN(Backbone):
         }
 
 
-def _variant_from_cfg(cfg) -> EfficientDetVariant:
+def variant_from_cfg(cfg) -> EfficientDetVariant:
+    """The core variant named by ``MODEL.EFFICIENTDET.VARIANT`` with the config's overrides.
+
+    ``FPN_CHANNELS``, ``FPN_REPEATS``, ``HEAD_REPEATS`` and ``ANCHOR_SCALE`` replace the table
+    values when non-zero (the result is named ``<variant>_custom`` and has no expected
+    parameter count).
+    """
+    node = cfg.MODEL.EFFICIENTDET
     try:
-        return get_variant(cfg.MODEL.EFFICIENTDET.VARIANT)
+        variant = get_variant(node.VARIANT)
     except ValueError as e:
         raise ValueError(f"MODEL.EFFICIENTDET.VARIANT: {e}") from None
+    changes = {
+        field: value
+        for field, value in (
+            ("fpn_channels", node.FPN_CHANNELS),
+            ("fpn_repeats", node.FPN_REPEATS),
+            ("head_repeats", node.HEAD_REPEATS),
+            ("anchor_scale", node.ANCHOR_SCALE),
+        )
+        if value
+    }
+    if not changes:
+        return variant
+    return dataclasses.replace(variant, name=f"{variant.name}_custom", expected_params=0, **changes)
 
 
 def _core_network(cfg) -> CoreEfficientDet:
-    return CoreEfficientDet(_variant_from_cfg(cfg), cfg.MODEL.EFFICIENTDET.NUM_CLASSES)
+    return CoreEfficientDet(variant_from_cfg(cfg), cfg.MODEL.EFFICIENTDET.NUM_CLASSES)
 
 
 def _wrap_backbone(net: CoreEfficientDet) -> EfficientNetBiFPN:
