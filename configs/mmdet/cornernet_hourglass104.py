@@ -1,0 +1,27 @@
+# CornerNet, Hourglass-104, COCO: the paper's recipe (mmdet's packaged CornerNet config,
+# 8 GPUs x 6 images, 511x511 random centre crops, Adam lr 5e-4, 210 epochs, step at 180,
+# multi-scale-free single test with centre-crop padding) with the core network and losses.
+# Paper: https://arxiv.org/abs/1808.01244
+#
+# Only the component types change; the backbone and head keep the base config's arguments
+# (PluginsHourglassNet / PluginsCornerHead accept mmdet's HourglassNet / CornerHead keywords).
+_base_ = "mmdet::cornernet/cornernet_hourglass104_8xb6-210e-mstest_coco.py"
+
+custom_imports = dict(imports=["plugins.mm"], allow_failed_imports=False)
+
+model = dict(
+    backbone=dict(type="PluginsHourglassNet"),
+    bbox_head=dict(type="PluginsCornerHead"),
+    test_cfg=dict(
+        # mmdet's CornerHead ignores score_thr; 0.0 keeps every valid pair, as it does.
+        score_thr=0.0,
+        nms=dict(
+            _delete_=True,
+            type="plugins_soft_nms",
+            method="gaussian",
+            sigma=0.5,
+            iou_threshold=0.5,
+            min_score=0.001,
+        ),
+    ),
+)
