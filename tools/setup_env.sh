@@ -121,7 +121,8 @@ fi
 "$VENV/bin/python" -c "import detectron2; print('detectron2', detectron2.__version__)"
 
 step "this project (editable)"
-if ! "$VENV/bin/python" -c "import plugins, os, sys; sys.exit(0 if os.path.dirname(plugins.__file__) == os.path.join('$ROOT', 'plugins') else 1)" 2>/dev/null; then
+# (checked from / so that the checkout on the current directory does not hide a missing install)
+if ! (cd / && "$VENV/bin/python" -c "import plugins, os, sys; sys.exit(0 if os.path.dirname(plugins.__file__) == os.path.join('$ROOT', 'plugins') else 1)") 2>/dev/null; then
   PIP install -q --no-build-isolation --no-deps -e "$ROOT"
 fi
 
