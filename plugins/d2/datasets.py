@@ -19,7 +19,13 @@ from detectron2.data.datasets import load_coco_json
 
 from plugins.data.shapes import SHAPES_CATEGORIES, ensure_shapes_dataset
 
-__all__ = ["SHAPES_DATASETS", "DatasetMissingError", "register_shapes", "check_datasets"]
+__all__ = [
+    "SHAPES_DATASETS",
+    "DatasetMissingError",
+    "register_shapes",
+    "prepare_dataset",
+    "check_datasets",
+]
 
 #: Registered name -> split of the embedded dataset.
 SHAPES_DATASETS: dict[str, str] = {"shapes_train": "train", "shapes_val": "val"}

@@ -22,6 +22,15 @@ CONFIGS = os.path.join(os.path.dirname(__file__), "..", "..", "configs")
 NUM_CLASSES = 4
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _single_thread():
+    """Tiny tensors: one thread is as fast and does not fight over shared CI cores."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def make_cfg(**overrides):
     """R-18 RetinaNetPlus from the repository's base config, tiny and CPU."""
     cfg = get_cfg()
