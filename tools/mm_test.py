@@ -27,6 +27,7 @@ from mm_train import (  # noqa: E402  (also puts the repository root on sys.path
     fail,
     load_config,
     setup_distributed_on_cpu,
+    trust_local_checkpoints,
 )
 
 
@@ -98,6 +99,7 @@ def main(argv: list[str] | None = None) -> None:
     except ConfigProblem as exc:
         fail("mm_test", str(exc))
     setup_distributed_on_cpu(cfg, args.launcher)
+    trust_local_checkpoints()
     runner = Runner.from_cfg(cfg) if "runner_type" not in cfg else RUNNERS.build(cfg)
     runner.test()
 

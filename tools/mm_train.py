@@ -243,6 +243,25 @@ def setup_distributed_on_cpu(cfg, launcher: str) -> None:
     cfg.model_wrapper_cfg = wrapper
 
 
+def trust_local_checkpoints() -> None:
+    """Load local checkpoints with full unpickling, as mmengine did before torch 2.6.
+
+    mmengine 0.10 checkpoints hold training state (message hub, numpy values) that torch's
+    ``weights_only=True`` default (torch >= 2.6) refuses, so ``--resume`` and testing would
+    fail. Only use checkpoints you trust: unpickling can run code.
+    """
+    import torch
+    from mmengine.runner.checkpoint import CheckpointLoader
+
+    def load_local(filename: str, map_location=None):
+        filename = osp.expanduser(filename)
+        if not osp.isfile(filename):
+            raise FileNotFoundError(f"{filename} can not be found.")
+        return torch.load(filename, map_location=map_location, weights_only=False)
+
+    CheckpointLoader.register_scheme(prefixes="", loader=load_local, force=True)
+
+
 def fail(prog: str, message: str) -> None:
     """Print ``prog: error: message`` to stderr and exit with status 2."""
     print(f"{prog}: error: {message}", file=sys.stderr, flush=True)
@@ -316,6 +335,7 @@ def main(argv: list[str] | None = None) -> None:
     except ConfigProblem as exc:
         fail("mm_train", str(exc))
     setup_distributed_on_cpu(cfg, args.launcher)
+    trust_local_checkpoints()
     runner = Runner.from_cfg(cfg) if "runner_type" not in cfg else RUNNERS.build(cfg)
     runner.train()
 

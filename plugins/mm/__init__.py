@@ -12,6 +12,6 @@ Importing this package registers every component (configs do it with
 * Test-time NMS: ``test_cfg.nms.type="plugins_soft_nms"`` (:mod:`plugins.mm.soft_nms`).
 """
 
-from plugins.mm import datasets, efficientdet, losses, soft_nms  # noqa: F401  (registration)
+from plugins.mm import cornernet, datasets, efficientdet, losses, soft_nms  # noqa: F401
 
-__all__ = ["datasets", "efficientdet", "losses", "soft_nms"]
+__all__ = ["cornernet", "datasets", "efficientdet", "losses", "soft_nms"]

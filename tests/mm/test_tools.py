@@ -42,7 +42,7 @@ TINY = [
 
 
 def _run(script: Path, *args: str, cwd: Path) -> subprocess.CompletedProcess:
-    env = dict(os.environ, OMP_NUM_THREADS="2")
+    env = dict(os.environ, OMP_NUM_THREADS="1")
     return subprocess.run(
         [sys.executable, str(script), *args],
         cwd=cwd,
