@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import plugins.d2  # noqa: F401  (first: detectron2._C stand-in)
+
+# isort: split
 import glob
 import inspect
 import os
@@ -12,7 +15,6 @@ import torch
 from detectron2.config import get_cfg
 from detectron2.modeling import build_model
 
-import plugins.d2  # noqa: F401, I001  (first: detectron2._C stand-in)
 from plugins.core.variants import EFFICIENTDET_VARIANTS
 from plugins.d2 import add_plugins_config
 from plugins.d2 import config as plugin_config

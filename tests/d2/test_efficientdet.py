@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import plugins.d2  # noqa: F401  (first: detectron2._C stand-in)
+
+# isort: split
 import pytest
 import torch
 import torch.nn.functional as F
@@ -11,7 +14,6 @@ from detectron2.modeling import build_model
 from detectron2.structures import Boxes, ImageList, Instances, pairwise_iou
 from detectron2.utils.events import EventStorage
 
-import plugins.d2  # noqa: F401, I001  (first: detectron2._C stand-in)
 from plugins.core.anchors import generate_anchors
 from plugins.core.box_coder import encode_boxes
 from plugins.core.soft_nms import batched_soft_nms

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import plugins.d2  # noqa: F401  (first: detectron2._C stand-in)
+
+# isort: split
 import os
 
 import pytest
@@ -13,7 +16,6 @@ from detectron2.modeling.postprocessing import detector_postprocess
 from detectron2.structures import Boxes, Instances
 from detectron2.utils.events import EventStorage
 
-import plugins.d2  # noqa: F401, I001  (first: detectron2._C stand-in)
 from plugins.core.soft_nms import batched_soft_nms
 from plugins.d2 import add_plugins_config
 from plugins.d2.retinanet import RetinaNetPlus
