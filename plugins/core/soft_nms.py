@@ -12,25 +12,36 @@ Semantics follow mmcv 2.1.0's CPU ``soft_nms`` (``mmcv/ops/csrc/pytorch/cpu/nms.
   argmax takes the first slot holding the maximum. This module reproduces that slot
   bookkeeping exactly (per class), so ties resolve as in ``mmcv.ops.soft_nms``.
 
-Algorithm: boxes are grouped by class into padded ``(C, Nmax)`` layouts (classes of similar
-size share a chunk; a small cost model picks the chunks under a memory bound), the pairwise
-decay weights ``(C, Nmax, Nmax)`` of a chunk are computed once (a class too large for the bound
-computes its weight rows on the fly), then the greedy selection runs for all classes of the
-chunk in lock-step, one vectorised pick/decay/discard per step:
+Algorithm (CPU): boxes below ``score_threshold`` are dropped (mmcv discards them after the first
+pick of their class, having changed nothing), then every class is split into the connected
+components of its interaction graph: two boxes interact only if their decay weight differs
+from 1 (``"gaussian"``: positive intersection; ``"linear"``: ``IoU >= iou_threshold``). The
+components are found by a vectorised sweep (boxes sorted by ``(class, x1)``; only pairs whose
+x-extents overlap are tested, in cache-sized blocks) and merged by min-label hooking with
+pointer jumping. Components never interact, so solving each one alone gives exactly the
+per-class kept set and decayed scores, and the per-class pick order is the decayed-score order.
+When a tie could make mmcv's slot order matter (a tied maximum inside a component, or two kept
+boxes of a class with equal decayed scores), the input is rerun by the per-class path below.
+
+Groups (components, or classes in the per-class path) are solved in padded ``(C, Nmax)``
+layouts (groups of similar size share a chunk; a small cost model picks the chunks under a
+memory bound), the pairwise decay weights ``(C, Nmax, Nmax)`` of a chunk are computed once (a
+group too large for the bound computes its weight rows on the fly), then the greedy selection
+runs for all groups of the chunk in lock-step, one vectorised pick/decay/discard per step:
 
 * CPU fast path: boxes stay in id order; a step is ``topk`` + one weight-row gather + one
   multiply (the weight diagonal is set to the smallest float so the pick removes itself, and
   discarded boxes simply keep their sub-threshold scores). It performs exactly mmcv's float
   multiplications, so it is bit-exact unless some pick has a tied maximum; ties are detected
   and the chunk is then rerun by
-* the slot-exact engine, which reproduces mmcv's swaps and compactions (used on every device
-  other than CPU too, where it runs a fixed number of steps without host synchronisation
-  inside the loop).
+* the slot-exact engine, which reproduces mmcv's swaps and compactions. Devices other than
+  CPU skip the component search (it synchronises with the host) and run only this per-class
+  engine, a fixed number of steps without host synchronisation inside the loop.
 
-Cost: ``O(sum_chunks C_k * Nmax_k^2)`` elementwise work plus ``Nmax_k`` sequential steps per
-chunk. Many classes of moderate size (a detector's per-class candidates) are where this beats
-mmcv's one-box-at-a-time loop; a single class with thousands of boxes is slower than mmcv
-(thousands of sequential steps).
+Cost: the component search tests the same-class pairs whose x-extents overlap; the solve is
+``O(sum_chunks C_k * Nmax_k^2)`` elementwise work plus ``Nmax_k`` sequential steps per chunk,
+so the sequential depth is the largest component, not the largest class. One component of
+thousands of mutually overlapping boxes is still slower than mmcv (thousands of steps).
 """
 
 from __future__ import annotations
@@ -45,6 +56,12 @@ __all__ = ["soft_nms", "batched_soft_nms"]
 _METHODS = ("linear", "gaussian", "hard")
 # Upper bound on elements of one (C, Nmax, Nmax) weight block (float32: 4 bytes each).
 _MAX_BLOCK = 1 << 21
+# Modelled cost (us) of one pairwise element in the component path (see _plan_groups).
+_ELEM_US = 0.05
+# Candidate pairs tested per block in the component search (cache-sized buffers), and edges
+# collected before they are merged into the component labels.
+_PAIR_BLOCK = 1 << 15
+_MERGE_EDGES = 1 << 16
 
 
 def _pairwise_iou(a: Tensor, b: Tensor, check_degenerate: bool = True) -> Tensor:
@@ -298,6 +315,219 @@ def _group_by_class(idxs: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     return order, cls, slot, counts
 
 
+def _components(boxes: Tensor, cls: Tensor, method: str, iou_threshold: float) -> Tensor:
+    """Connected components of the interaction graph of each class.
+
+    Two boxes interact (one's pick can change the other's score) only when their decay weight
+    differs from 1: for ``"gaussian"`` only if their intersection is positive, for
+    ``"linear"`` only if ``IoU >= iou_threshold``. Edges are taken conservatively (a superset
+    of those pairs: positive intersection, and for ``"linear"`` an IoU within 1e-4 of the
+    threshold computed in float64), which can only merge components, never split them.
+
+    Pairs are found by a sweep: boxes sorted by ``(class, x1)`` and, per box, the run of later
+    boxes whose ``x1`` lies left of its ``x2``; the pair list is tested in blocks of bounded
+    size and the edges found are merged by min-label hooking with pointer jumping.
+
+    Args:
+        boxes: ``Tensor[N, 4]`` xyxy.
+        cls: ``Tensor[N]`` int64 dense class ids.
+
+    Returns:
+        ``Tensor[N]`` int64: the smallest box index of each box's component (boxes of
+        different classes never share a component).
+    """
+    n = boxes.shape[0]
+    dev = boxes.device
+    b64 = boxes.to(torch.float64)
+    x1 = b64[:, 0]
+    lo = float(x1.min())
+    span = float(b64[:, 2].max()) - lo
+    # Key (class, x1) as one float64: rounding is monotone, so a box whose x1 is left of
+    # x2 of an earlier box of its class always falls inside that box's window below.
+    stride = 2.0 ** (max(span, 1.0).__ceil__().bit_length() + 1)
+    key = cls.to(torch.float64) * stride + (x1 - lo)
+    key_sorted, order = torch.sort(key)
+    query = cls[order].to(torch.float64) * stride + (b64[order, 2] - lo)
+    stop = torch.searchsorted(key_sorted, query, right=True)
+    _, counts = torch.unique_consecutive(cls[order], return_counts=True)
+    class_end = torch.cumsum(counts, 0).repeat_interleave(counts)
+    first = torch.arange(n, device=dev)
+    stop = torch.minimum(stop, class_end)
+    width = (stop - first - 1).clamp_(min=0)
+    labels = first.clone()  # labels in sorted positions; mapped back at the end
+    sb = boxes[order]
+    x1s, y1s, x2s, y2s = (sb[:, k].contiguous() for k in range(4))
+    area = (x2s - x1s) * (y2s - y1s)
+    total = torch.cumsum(width, 0)
+    # Pair p of box i (p counted over all boxes) has partner i + 1 + p - (total[i] - width[i]).
+    shift = first + 1 - (total - width)
+    num_pairs = int(total[-1])
+    block = _PAIR_BLOCK
+    start = 0
+    edges_u: list[Tensor] = []
+    edges_v: list[Tensor] = []
+    pending = 0
+    while start < num_pairs:
+        # Boxes whose windows lie in this block of the pair list (one window never splits).
+        i_lo = int(torch.searchsorted(total, start, right=True))
+        i_hi = int(torch.searchsorted(total, start + block, right=False)) + 1
+        i_hi = min(max(i_hi, i_lo + 1), n)
+        stop_pair = int(total[i_hi - 1])
+        left = torch.repeat_interleave(first[i_lo:i_hi], width[i_lo:i_hi])
+        right = torch.arange(start, stop_pair, device=dev).add_(shift.index_select(0, left))
+        start = stop_pair
+        iw = torch.minimum(x2s.index_select(0, left), x2s.index_select(0, right))
+        iw.sub_(torch.maximum(x1s.index_select(0, left), x1s.index_select(0, right)))
+        ih = torch.minimum(y2s.index_select(0, left), y2s.index_select(0, right))
+        ih.sub_(torch.maximum(y1s.index_select(0, left), y1s.index_select(0, right)))
+        if method == "linear" and iou_threshold > 1e-4:
+            # IoU in the working dtype as the weights are computed; the margin keeps the
+            # test conservative whatever the rounding.
+            inter = iw.clamp_(min=0).mul_(ih.clamp_(min=0))
+            union = area.index_select(0, left).add_(area.index_select(0, right)).sub_(inter)
+            edge = inter.div_(union) >= iou_threshold - 1e-4
+        else:
+            edge = (iw > 0).logical_and_(ih > 0)
+        hit = torch.nonzero(edge).flatten()
+        edges_u.append(left.index_select(0, hit))
+        edges_v.append(right.index_select(0, hit))
+        pending += hit.numel()
+        if pending >= _MERGE_EDGES:
+            _merge_labels(labels, torch.cat(edges_u), torch.cat(edges_v))
+            edges_u, edges_v, pending = [], [], 0
+    if edges_u:
+        _merge_labels(labels, torch.cat(edges_u), torch.cat(edges_v))
+    out = torch.empty_like(labels)
+    out[order] = order[labels]
+    # Label = a member's original index; make it the smallest original index per component.
+    smallest = torch.full((n,), n, dtype=torch.long, device=dev)
+    smallest.scatter_reduce_(0, out, first, reduce="amin")
+    return smallest[out]
+
+
+def _merge_labels(labels: Tensor, u: Tensor, v: Tensor) -> None:
+    """Union the sets of ``labels`` (a forest of parent pointers, each a star: root = min)
+    along edges ``(u, v)``, in place: min-label hooking plus pointer jumping."""
+    while u.numel():
+        lu, lv = labels.index_select(0, u), labels.index_select(0, v)
+        hit = torch.nonzero(lu != lv).flatten()
+        if hit.numel() == 0:
+            return
+        u, v = u.index_select(0, hit), v.index_select(0, hit)
+        lu, lv = lu.index_select(0, hit), lv.index_select(0, hit)
+        labels.scatter_reduce_(0, torch.maximum(lu, lv), torch.minimum(lu, lv), reduce="amin")
+        while True:  # pointer jumping until every node points at its root
+            nxt = labels[labels]
+            if bool((nxt == labels).all()):
+                break
+            labels.copy_(nxt)
+
+
+def _plan_groups(sizes: list[int]) -> list[tuple[int, int]]:
+    """Chunks of groups sorted by size (descending) for the component path.
+
+    Groups of equal size always share a chunk (up to the memory bound ``_MAX_BLOCK``); a run
+    of ``k`` groups of size ``w`` joins the current chunk of width ``W`` while padding it,
+    ``k * W^2`` elements, is modelled cheaper than ``w`` more sequential steps plus
+    ``k * w^2`` elements (the cost model of :func:`_chunk_cost`).
+    """
+    chunks: list[tuple[int, int]] = []
+    num = len(sizes)
+    lo = 0
+    while lo < num:
+        width = max(sizes[lo], 1)
+        cap = max(_MAX_BLOCK // (width * width), 1)
+        hi = lo
+        while hi < num and hi - lo < cap:
+            w = max(sizes[hi], 1)
+            run_end = hi
+            while run_end < num and sizes[run_end] == sizes[hi]:
+                run_end += 1
+            k = min(run_end, lo + cap) - hi
+            if hi > lo and _ELEM_US * k * width * width > 30.0 * w + _ELEM_US * k * w * w:
+                break
+            hi += k
+        chunks.append((lo, hi))
+        lo = hi
+    return chunks
+
+
+def _solve(
+    boxes_w: Tensor,
+    scores_w: Tensor,
+    order: Tensor,
+    grp: Tensor,
+    slot: Tensor,
+    counts: Tensor,
+    method: str,
+    sigma: float,
+    iou_threshold: float,
+    score_threshold: float,
+    degenerate: bool,
+    sync: bool,
+    force_exact: bool,
+    components: bool,
+) -> tuple[Tensor, Tensor, Tensor, Tensor] | None:
+    """Greedy soft-NMS of every group (class, or component of a class) in padded chunks.
+
+    Args:
+        order: group-stable ordering of the boxes; ``grp``, ``slot`` (rank within the group,
+            in input order) and ``counts`` (group sizes) describe the sorted boxes.
+        components: groups are components of classes: no slot-exact fallback; return
+            ``None`` when a pick has a tied maximum.
+
+    Returns:
+        ``(keep, scores, group, step)`` of the kept boxes (unsorted), or ``None``.
+    """
+    dev = boxes_w.device
+    num_grp = counts.shape[0]
+    by_size = torch.argsort(counts, descending=True, stable=True)
+    sizes = counts[by_size].tolist()
+    table = torch.full((num_grp, int(sizes[0])), -1, dtype=torch.long, device=dev)
+    table[grp, slot] = order
+    if components:
+        chunks = _plan_groups(sizes)
+    else:
+        chunks = _plan_chunks(sizes) if sync else [(0, num_grp)]
+    keep_parts, score_parts, grp_parts, step_parts = [], [], [], []
+    for lo, hi in chunks:
+        members = by_size[lo:hi]
+        width = max(int(sizes[lo]), 1)
+        table_g = table[members, :width]
+        if width == 1:  # lone boxes: nothing decays them
+            sel_s = scores_w[table_g[:, 0]][None]
+            sel_b = torch.zeros_like(sel_s, dtype=torch.long)
+            safe = table_g
+        else:
+            valid = table_g >= 0
+            safe = table_g.clamp(min=0)
+            # Padding boxes are unit squares: never 0 / 0, never read for a live class.
+            b_pad = boxes_w[safe]
+            b_pad.masked_fill_(~valid[..., None], 0.0)
+            b_pad[..., 2:].masked_fill_(~valid[..., None], 1.0)
+            s_pad = scores_w[safe].masked_fill_(~valid, float("-inf"))
+            rows = _Rows(b_pad, method, sigma, iou_threshold, degenerate)
+            tied = True
+            if sync and not force_exact:
+                sel_s, sel_b, tied = _seq_greedy(s_pad, rows, score_threshold)
+            if tied:
+                if components:
+                    return None
+                sel_s, sel_b = _exact_greedy(s_pad, counts[members], rows, score_threshold, sync)
+        live = sel_s >= score_threshold  # (T, C); drops spent steps and a sub-threshold pick
+        steps = torch.arange(sel_s.shape[0], device=dev)[:, None].expand_as(sel_s)
+        keep_parts.append(safe.gather(1, sel_b.t()).t()[live])
+        score_parts.append(sel_s[live])
+        grp_parts.append(members[None, :].expand_as(sel_s)[live])
+        step_parts.append(steps[live])
+    return (
+        torch.cat(keep_parts),
+        torch.cat(score_parts),
+        torch.cat(grp_parts),
+        torch.cat(step_parts),
+    )
+
+
 def _run(
     boxes: Tensor,
     scores: Tensor,
@@ -309,6 +539,7 @@ def _run(
     max_detections: int,
     sync: bool | None = None,
     force_exact: bool = False,
+    components: bool | None = None,
 ) -> tuple[Tensor, Tensor]:
     dev = boxes.device
     n_in = boxes.shape[0]
@@ -318,6 +549,8 @@ def _run(
         return _hard(boxes, scores, idxs, iou_threshold, score_threshold, max_detections)
     if sync is None:
         sync = dev.type == "cpu"
+    if components is None:
+        components = sync and not force_exact
     work = torch.float64 if scores.dtype == torch.float64 else torch.float32
     boxes_w = boxes.detach().to(work)
     scores_w = scores.detach().to(work)
@@ -328,58 +561,85 @@ def _run(
         degenerate = True
 
     if idxs is None:
-        order = torch.arange(n_in, device=dev)
-        cls = torch.zeros(n_in, dtype=torch.long, device=dev)
-        slot = order
-        counts = torch.tensor([n_in], device=dev)
+        cls_of = torch.zeros(n_in, dtype=torch.long, device=dev)
     else:
-        order, cls, slot, counts = _group_by_class(idxs)
-    num_cls = counts.shape[0]
-    by_size = torch.argsort(counts, descending=True, stable=True)
-    sizes = counts[by_size].tolist()
-    table = torch.full((num_cls, int(sizes[0])), -1, dtype=torch.long, device=dev)
-    table[cls, slot] = order
-    chunks = _plan_chunks(sizes) if sync else [(0, num_cls)]
-
-    keep_parts, score_parts, cls_parts, step_parts = [], [], [], []
-    for lo, hi in chunks:
-        members = by_size[lo:hi]
-        width = max(int(sizes[lo]), 1)
-        table_g = table[members, :width]
-        valid = table_g >= 0
-        safe = table_g.clamp(min=0)
-        # Padding boxes are unit squares: never 0 / 0, never read for a live class.
-        b_pad = boxes_w[safe]
-        b_pad.masked_fill_(~valid[..., None], 0.0)
-        b_pad[..., 2:].masked_fill_(~valid[..., None], 1.0)
-        s_pad = scores_w[safe].masked_fill_(~valid, float("-inf"))
-        rows = _Rows(b_pad, method, sigma, iou_threshold, degenerate)
-        tied = True
-        if sync and not force_exact:
-            sel_s, sel_b, tied = _seq_greedy(s_pad, rows, score_threshold)
-        if tied:
-            sel_s, sel_b = _exact_greedy(s_pad, counts[members], rows, score_threshold, sync)
-        live = sel_s >= score_threshold  # (T, C); drops spent steps and a sub-threshold pick
-        steps = torch.arange(sel_s.shape[0], device=dev)[:, None].expand_as(sel_s)
-        keep_parts.append(safe.gather(1, sel_b.t()).t()[live])
-        score_parts.append(sel_s[live])
-        cls_parts.append(members[None, :].expand_as(sel_s)[live])
-        step_parts.append(steps[live])
-    keep = torch.cat(keep_parts)
-    out_scores = torch.cat(score_parts)
-    if len(chunks) > 1 or idxs is not None:
-        # Order: score descending; ties by class id, then selection order.
-        cls_all = torch.cat(cls_parts)
-        step_all = torch.cat(step_parts)
-        pre = torch.argsort(
-            cls_all * (int(step_all.max()) + 1 if step_all.numel() else 1) + step_all
+        cls_of = torch.unique(idxs, return_inverse=True)[1]
+    result = None
+    if components:
+        result = _run_components(
+            boxes_w, scores_w, cls_of, method, sigma, iou_threshold, score_threshold, degenerate
         )
+    if result is None:
+        if idxs is None:
+            order = torch.arange(n_in, device=dev)
+            slot = order
+            counts = torch.tensor([n_in], device=dev)
+            cls = torch.zeros(n_in, dtype=torch.long, device=dev)
+        else:
+            order, cls, slot, counts = _group_by_class(idxs)
+        keep, out_scores, grp, step = _solve(
+            boxes_w, scores_w, order, cls, slot, counts, method, sigma, iou_threshold,
+            score_threshold, degenerate, sync, force_exact, False,
+        )  # fmt: skip
+        # Order: score descending; ties by class id, then selection order.
+        pre = torch.argsort(grp * (int(step.max()) + 1 if step.numel() else 1) + step)
         keep, out_scores = keep[pre], out_scores[pre]
-    out_scores, perm = torch.sort(out_scores, descending=True, stable=True)
-    keep = keep[perm]
+        out_scores, perm = torch.sort(out_scores, descending=True, stable=True)
+        keep = keep[perm]
+    else:
+        keep, out_scores = result
     if max_detections >= 0:
         keep, out_scores = keep[:max_detections], out_scores[:max_detections]
     return keep, out_scores.to(scores.dtype)
+
+
+def _run_components(
+    boxes_w: Tensor,
+    scores_w: Tensor,
+    cls_of: Tensor,
+    method: str,
+    sigma: float,
+    iou_threshold: float,
+    score_threshold: float,
+    degenerate: bool,
+) -> tuple[Tensor, Tensor] | None:
+    """Soft-NMS per connected component of each class's interaction graph (CPU path).
+
+    Boxes below ``score_threshold`` are dropped first (mmcv discards them after the first
+    pick of their class without them affecting anything). Components never interact, so the
+    kept boxes and decayed scores equal the per-class result; the per-class pick order is
+    the decayed-score order. Returns ``None`` (caller reruns the per-class slot-exact path)
+    when some tie could make mmcv's slot order matter: a tied maximum inside a component, or
+    two kept boxes of one class with equal decayed scores.
+
+    Returns:
+        ``(keep, scores)`` sorted by score descending, ties by class id; or ``None``.
+    """
+    dev = boxes_w.device
+    cand = torch.nonzero(scores_w >= score_threshold).flatten()
+    if cand.numel() == 0:
+        return torch.zeros(0, dtype=torch.long, device=dev), scores_w.new_zeros(0)
+    b, s, c = boxes_w[cand], scores_w[cand], cls_of[cand]
+    comp = _components(b, c, method, iou_threshold)
+    _, grp, counts = torch.unique(comp, return_inverse=True, return_counts=True)
+    order = torch.argsort(grp, stable=True)
+    starts = torch.cumsum(counts, 0) - counts
+    slot = torch.arange(grp.numel(), device=dev) - starts[grp[order]]
+    solved = _solve(
+        b, s, order, grp[order], slot, counts, method, sigma, iou_threshold, score_threshold,
+        degenerate, True, False, True,
+    )  # fmt: skip
+    if solved is None:
+        return None
+    keep, out_scores, _, _ = solved
+    kcls = c[keep]
+    pre = torch.argsort(kcls, stable=True)
+    keep, out_scores, kcls = keep[pre], out_scores[pre], kcls[pre]
+    out_scores, perm = torch.sort(out_scores, descending=True, stable=True)
+    keep, kcls = keep[perm], kcls[perm]
+    if bool(((out_scores[1:] == out_scores[:-1]) & (kcls[1:] == kcls[:-1])).any()):
+        return None
+    return cand[keep], out_scores
 
 
 def _hard(

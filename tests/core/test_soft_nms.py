@@ -8,12 +8,16 @@ perturbs the IoUs in the last bits).
 
 from __future__ import annotations
 
+import importlib
+
 import pytest
 import torch
 import torchvision
 
-import plugins.core.soft_nms as soft_nms_module
 from plugins.core.soft_nms import _run, batched_soft_nms, soft_nms
+
+# The module itself (the package re-exports a function of the same name).
+soft_nms_module = importlib.import_module("plugins.core.soft_nms")
 
 
 def _mmcv_ops():
@@ -213,6 +217,8 @@ def test_memory_bound_paths_match_mmcv(monkeypatch, method):
     boxes, scores, idxs = _detector_like(120, 13, num_classes=3)
     keep, sc = soft_nms(boxes, scores, method)
     _assert_same((keep, sc), _mmcv_soft(boxes, scores, method, 0.5, 0.3, 0.001))
+    per_class = _run(boxes, scores, None, method, 0.5, 0.3, 0.001, -1, components=False)
+    _assert_same(per_class, _mmcv_soft(boxes, scores, method, 0.5, 0.3, 0.001))
     bk, bs = batched_soft_nms(boxes, scores, idxs, method)
     monkeypatch.undo()
     ref_k, ref_s = batched_soft_nms(boxes, scores, idxs, method)
@@ -302,3 +308,129 @@ def test_cuda_matches_cpu():
     assert b[0].device.type == "cuda"
     assert a[0].tolist() == b[0].cpu().tolist()
     torch.testing.assert_close(a[1], b[1].cpu(), rtol=1e-5, atol=1e-6)
+
+
+# ------------------------------------------------------------------------------------------
+# Component path (CPU): each class split into connected components of its interaction graph
+# ------------------------------------------------------------------------------------------
+
+
+def _mmcv_per_class(boxes, scores, idxs, method, sigma=0.5, iou_thr=0.3, min_score=0.001):
+    """mmcv.ops.soft_nms class by class -> decayed score per input box (NaN: not kept)."""
+    ref = torch.full((boxes.shape[0],), float("nan"), dtype=scores.dtype)
+    for cid in idxs.unique():
+        where = torch.nonzero(idxs == cid).flatten()
+        k, s = _mmcv_soft(boxes[where], scores[where], method, sigma, iou_thr, min_score)
+        ref[where[k]] = s
+    return ref
+
+
+def _brute_components(boxes, idxs, method, iou_thr):
+    """Components by breadth-first search over all pairs whose decay weight is not 1."""
+    n = boxes.shape[0]
+    x1 = torch.maximum(boxes[:, None, 0], boxes[None, :, 0])
+    y1 = torch.maximum(boxes[:, None, 1], boxes[None, :, 1])
+    x2 = torch.minimum(boxes[:, None, 2], boxes[None, :, 2])
+    y2 = torch.minimum(boxes[:, None, 3], boxes[None, :, 3])
+    inter = (x2 - x1).clamp(min=0) * (y2 - y1).clamp(min=0)
+    area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+    iou = inter / (area[:, None] + area[None, :] - inter)
+    adj = (inter > 0) if method == "gaussian" else (iou >= iou_thr)
+    adj &= idxs[:, None] == idxs[None, :]
+    label = [-1] * n
+    for root in range(n):
+        if label[root] >= 0:
+            continue
+        label[root], todo = root, [root]
+        while todo:
+            for j in torch.nonzero(adj[todo.pop()]).flatten().tolist():
+                if label[j] < 0:
+                    label[j] = root
+                    todo.append(j)
+    return torch.tensor(label)
+
+
+def _same_partition(a, b):
+    pairs_a = {(x, y) for x, y in zip(a.tolist(), b.tolist())}
+    return len(pairs_a) == len(set(a.tolist())) == len(set(b.tolist()))
+
+
+@pytest.mark.parametrize("method", ["gaussian", "linear"])
+@pytest.mark.parametrize("small_blocks", [False, True])
+def test_components_equal_brute_force(monkeypatch, method, small_blocks):
+    """The sweep finds exactly the connected components (lowest index labels each one)."""
+    if small_blocks:  # many pair blocks and several merges of the collected edges
+        monkeypatch.setattr(soft_nms_module, "_PAIR_BLOCK", 64)
+        monkeypatch.setattr(soft_nms_module, "_MERGE_EDGES", 32)
+    boxes, _, idxs = _detector_like(250, 21, num_objects=25, num_classes=4)
+    boxes[::9, 2] = boxes[::9, 0]  # some zero-width boxes: no edges
+    comp = soft_nms_module._components(boxes, idxs, method, 0.3)
+    ref = _brute_components(boxes, idxs, method, 0.3)
+    assert _same_partition(comp, ref)
+    first = torch.full((250,), 250).scatter_reduce(0, comp, torch.arange(250), "amin")
+    assert comp.tolist() == first[comp].tolist() and bool((comp <= torch.arange(250)).all())
+    assert 20 < len(set(comp.tolist())) < 250  # a real mix of components
+
+
+@pytest.mark.parametrize("method", ["gaussian", "linear"])
+@pytest.mark.parametrize("seed", [0, 1])
+def test_component_path_many_components_matches_mmcv(method, seed):
+    """Many small clusters per class: equal to the per-class path (bit for bit) and mmcv."""
+    boxes, scores, idxs = _detector_like(500, 30 + seed, num_objects=60, num_classes=6)
+    boxes = boxes * 4  # spread the objects: many separate components
+    keep, sc = batched_soft_nms(boxes, scores, idxs, method)
+    old = _run(boxes, scores, idxs, method, 0.5, 0.3, 0.001, -1, components=False)
+    assert keep.tolist() == old[0].tolist()
+    torch.testing.assert_close(sc, old[1], rtol=0, atol=0)
+    ours = torch.full((500,), float("nan"))
+    ours[keep] = sc
+    ref = _mmcv_per_class(boxes, scores, idxs, method)
+    torch.testing.assert_close(ours, ref, rtol=RTOL, atol=ATOL, equal_nan=True)
+
+
+@pytest.mark.parametrize("method", ["gaussian", "linear"])
+def test_component_path_one_giant_component_matches_mmcv(method):
+    """Every box overlaps every other: one component of the whole input."""
+    g = torch.Generator().manual_seed(40)
+    base = torch.tensor([100.0, 100.0, 300.0, 260.0])
+    boxes = base + torch.randn(400, 4, generator=g) * 12
+    scores = torch.rand(400, generator=g)
+    comp = soft_nms_module._components(boxes, torch.zeros(400, dtype=torch.long), method, 0.3)
+    assert set(comp.tolist()) == {0}
+    ours = soft_nms(boxes, scores, method)
+    _assert_same(ours, _mmcv_soft(boxes, scores, method, 0.5, 0.3, 0.001))
+
+
+@pytest.mark.parametrize("method", ["gaussian", "linear"])
+def test_component_path_isolated_and_touching_boxes_match_mmcv(method):
+    """A grid of boxes that at most share an edge (intersection 0): nothing decays."""
+    g = torch.Generator().manual_seed(41)
+    xy = torch.stack(torch.meshgrid(torch.arange(12.0), torch.arange(10.0), indexing="ij"), -1)
+    xy = xy.reshape(-1, 2) * 10
+    boxes = torch.cat([xy, xy + 10], 1)  # neighbours touch
+    scores = torch.rand(boxes.shape[0], generator=g)
+    idxs = torch.randint(0, 3, (boxes.shape[0],), generator=g)
+    keep, sc = soft_nms(boxes, scores, method)
+    _assert_same((keep, sc), _mmcv_soft(boxes, scores, method, 0.5, 0.3, 0.001))
+    assert sorted(keep.tolist()) == torch.nonzero(scores >= 0.001).flatten().tolist()
+    torch.testing.assert_close(sc, scores[keep], rtol=0, atol=0)
+    bk, bs = batched_soft_nms(boxes, scores, idxs, method)
+    ref_s, ref_k = torch.sort(scores, descending=True, stable=True)
+    assert bk.tolist() == ref_k[ref_s >= 0.001].tolist()
+
+
+@pytest.mark.parametrize("method", ["gaussian", "linear"])
+def test_component_path_ties_fall_back_to_mmcv_order(method):
+    """Equal decayed scores in one class (separate components, and inside one component):
+    the slot-exact per-class path decides the order, as mmcv."""
+    boxes, scores = _random_boxes(80, 42, scale=400.0, tie_scores=True)
+    idxs = torch.randint(0, 2, (80,), generator=torch.Generator().manual_seed(42))
+    tied = soft_nms_module._run_components(boxes, scores, idxs, method, 0.5, 0.3, 0.001, False)
+    assert tied is None  # the component path declines
+    keep, sc = batched_soft_nms(boxes, scores, idxs, method)
+    old = _run(boxes, scores, idxs, method, 0.5, 0.3, 0.001, -1, components=False)
+    assert keep.tolist() == old[0].tolist()
+    torch.testing.assert_close(sc, old[1], rtol=0, atol=0)
+    _assert_same(
+        soft_nms(boxes, scores, method), _mmcv_soft(boxes, scores, method, 0.5, 0.3, 0.001)
+    )
