@@ -48,9 +48,13 @@ def _load_or_raise(checkpointer: DetectionCheckpointer, path: str, **kwargs) -> 
     try:
         return checkpointer.load(path, **kwargs)
     except Exception as e:  # torch.load / pickle raise many types for a bad file
+        # first line only: torch's weights_only advice that follows is wrong for a corrupt file
+        reason = (str(e).strip().splitlines() or [""])[0]
+        if "Weights only load failed" in reason:
+            reason = "torch.load could not unpickle it: the file is corrupt or not a checkpoint"
         raise CheckpointLoadError(
             f"cannot load checkpoint {path!r} (MODEL.WEIGHTS or OUTPUT_DIR/last_checkpoint): "
-            f"{type(e).__name__}: {e}"
+            f"not a readable checkpoint file ({type(e).__name__}: {reason})"
         ) from e
 
 
