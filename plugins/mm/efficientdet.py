@@ -123,8 +123,8 @@ class PluginsEfficientNet(BaseModule):
 
     Args:
         variant: EfficientDet variant name (``"efficientdet_d0"`` ... ``"efficientdet_d7x"``,
-            ``"efficientdet_test"``); picks the width/depth coefficients. Default
-            ``"efficientdet_d0"``.
+            ``"efficientdet_test"``) or a dict for :func:`resolve_variant`; picks the
+            width/depth coefficients. Default ``"efficientdet_d0"``.
         drop_path_rate: stochastic-depth rate; ``None`` takes the variant's (0.2).
             Default ``None``.
         init_cfg: mmengine init config (e.g. a ``Pretrained`` checkpoint). Default ``None``
@@ -167,7 +167,8 @@ class PluginsBiFPN(BaseModule):
     Paper: `EfficientDet <https://arxiv.org/abs/1911.09070>`_ (Sec. 3).
 
     Args:
-        variant: EfficientDet variant name; picks width, repeats, fusion and levels.
+        variant: EfficientDet variant name or :func:`resolve_variant` dict; picks width,
+            repeats, fusion and levels.
             Default ``"efficientdet_d0"``.
         in_channels: backbone channels, finest first; ``None`` takes the variant's
             EfficientNet channels. Default ``None``.
@@ -213,7 +214,8 @@ class PluginsEfficientDetAnchorGenerator:
     128 for P3-P7) and the anchors equal the core's for that input exactly.
 
     Args:
-        variant: EfficientDet variant whose anchor settings are the defaults.
+        variant: EfficientDet variant (name or :func:`resolve_variant` dict) whose anchor
+            settings are the defaults.
             Default ``"efficientdet_d0"``.
         min_level: finest level; ``None`` for the variant's (3). Default ``None``.
         max_level: coarsest level; ``None`` for the variant's (7, 8 for D7x). Default ``None``.
@@ -397,7 +399,8 @@ class PluginsEfficientDetHead(SoftNMSPostProcessMixin, AnchorHead):
 
     Args:
         num_classes: number of object classes (no background).
-        variant: EfficientDet variant name. Default ``"efficientdet_d0"``.
+        variant: EfficientDet variant name or :func:`resolve_variant` dict. Default
+            ``"efficientdet_d0"``.
         in_channels: BiFPN width; ``None`` takes the variant's. Default ``None``.
         anchor_generator: prior generator config; ``None`` for
             ``PluginsEfficientDetAnchorGenerator`` of ``variant``. Default ``None``.
