@@ -24,7 +24,9 @@ def test_mmcv_soft_nms_and_corner_pool():
 
     boxes = torch.tensor([[0.0, 0.0, 10.0, 10.0], [0.0, 0.0, 10.0, 10.0]])
     scores = torch.tensor([0.9, 0.8])
-    dets, inds = soft_nms(boxes, scores, iou_threshold=0.3, sigma=0.5, min_score=0.0, method="linear")
+    dets, inds = soft_nms(
+        boxes, scores, iou_threshold=0.3, sigma=0.5, min_score=0.0, method="linear"
+    )
     # identical boxes: linear decay multiplies the second score by (1 - IoU) = 0
     assert inds.tolist()[0] == 0
     assert dets[0, 4].item() == pytest.approx(0.9)
@@ -40,12 +42,21 @@ def test_mmdet_models_registered():
     import mmdet.models  # noqa: F401
     from mmdet.registry import MODELS
 
-    for name in ("RetinaNet", "CornerNet", "HourglassNet", "CornerHead", "FocalLoss", "GaussianFocalLoss"):
+    for name in (
+        "RetinaNet",
+        "CornerNet",
+        "HourglassNet",
+        "CornerHead",
+        "FocalLoss",
+        "GaussianFocalLoss",
+    ):
         assert MODELS.get(name) is not None, name
 
 
 def test_detectron2_retinanet_forward_on_cpu():
     import plugins.d2  # noqa: F401  (provides detectron2._C when the extension is missing)
+
+    # isort: split
     from detectron2 import model_zoo
     from detectron2.config import get_cfg
     from detectron2.modeling import build_model
