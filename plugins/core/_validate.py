@@ -44,9 +44,7 @@ def check_tensor(
         raise ValueError(f"{name}: expected a torch.Tensor, got {type(value).__name__}")
     if shape is not None:
         if value.dim() != len(shape):
-            raise ValueError(
-                f"{name}: expected shape {_fmt(shape)}, got {tuple(value.shape)}"
-            )
+            raise ValueError(f"{name}: expected shape {_fmt(shape)}, got {tuple(value.shape)}")
         seen = sizes if sizes is not None else {}
         for want, got in zip(shape, value.shape):
             if want is None:
@@ -59,9 +57,7 @@ def check_tensor(
                     )
                 seen[want] = int(got)
             elif want != got:
-                raise ValueError(
-                    f"{name}: expected shape {_fmt(shape)}, got {tuple(value.shape)}"
-                )
+                raise ValueError(f"{name}: expected shape {_fmt(shape)}, got {tuple(value.shape)}")
     if floating is True and not value.is_floating_point():
         raise ValueError(f"{name}: expected a floating-point tensor, got {value.dtype}")
     if floating is False and value.is_floating_point():
