@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import importlib
 import importlib.util
 from pathlib import Path
 
 import pytest
 import torch
 
-effdet = pytest.importorskip("effdet")
+effdet = importlib.import_module("effdet")
 
 from plugins.convert.effdet import (  # noqa: E402
     KeyMismatchError,
@@ -233,7 +234,7 @@ def test_convert_cli(tmp_path: Path) -> None:
     "name, tf_same", [("efficientnet_b0", False), ("tf_efficientnet_b2", True)]
 )
 def test_backbone_matches_timm(name: str, tf_same: bool) -> None:
-    timm = pytest.importorskip("timm")
+    timm = importlib.import_module("timm")
     from plugins.convert.effdet import effdet_key_to_ours
     from plugins.core.efficientnet import efficientnet
 

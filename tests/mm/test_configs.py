@@ -4,11 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import mmdet.models  # noqa: F401  (installed by tools/setup_env.sh; fail loudly if broken)
 import pytest
 import torch
-
-pytest.importorskip("mmdet.models", reason="mmdet with mmcv.ops is needed")
-
 from mmdet.registry import MODELS  # noqa: E402
 from mmengine.config import Config  # noqa: E402
 from mmengine.registry import init_default_scope  # noqa: E402

@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import copy
 
+import mmdet.models  # noqa: F401  (installed by tools/setup_env.sh; fail loudly if broken)
 import pytest
 import torch
-
-pytest.importorskip("mmdet.models", reason="mmdet with mmcv.ops is needed")
-
 from mmcv.ops import soft_nms as mmcv_soft_nms  # noqa: E402
 from mmdet.registry import MODELS, TASK_UTILS  # noqa: E402
 from mmdet.testing import demo_mm_inputs  # noqa: E402

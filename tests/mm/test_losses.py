@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
+import mmdet.models  # noqa: F401  (installed by tools/setup_env.sh; fail loudly if broken)
 import pytest
 import torch
 import torch.nn.functional as F
-
-pytest.importorskip("mmdet.models", reason="mmdet with mmcv.ops is needed")
-
 from mmdet.models.losses import FocalLoss, GaussianFocalLoss, SmoothL1Loss  # noqa: E402
 from mmdet.registry import MODELS  # noqa: E402
 from mmengine.registry import init_default_scope  # noqa: E402
