@@ -133,6 +133,20 @@ _TABLE = (
         head_repeats=1,
         drop_path_rate=0.1,
     ),
+    # CPU demo variant (configs/demo/efficientdet_shapes.yaml): half-width, shallow backbone,
+    # BiFPN 64 x 2, 2 head repeats, 256 px, no stochastic depth; trains from scratch in minutes
+    EfficientDetVariant(
+        name="efficientdet_demo",
+        image_size=256,
+        backbone="custom",
+        width_mult=0.5,
+        depth_mult=0.35,
+        backbone_dropout=0.0,
+        fpn_channels=64,
+        fpn_repeats=2,
+        head_repeats=2,
+        drop_path_rate=0.0,
+    ),
 )
 
 EFFICIENTDET_VARIANTS: MappingProxyType[str, EfficientDetVariant] = MappingProxyType(
