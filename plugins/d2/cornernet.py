@@ -33,6 +33,7 @@ from detectron2.modeling.postprocessing import detector_postprocess
 from detectron2.structures import Boxes, ImageList, Instances
 from torch import Tensor, nn
 
+from plugins.core._validate import check_choice
 from plugins.core.cornernet import (
     CornerNetHead,
     cornernet_loss,
@@ -321,10 +322,7 @@ class CornerNet(nn.Module):
         soft_nms_score_threshold: float = 0.001,
     ) -> None:
         super().__init__()
-        if soft_nms_method not in SOFT_NMS_METHODS:
-            raise ValueError(
-                f"soft_nms_method: expected one of {SOFT_NMS_METHODS}, got {soft_nms_method!r}"
-            )
+        check_choice("soft_nms_method", soft_nms_method, SOFT_NMS_METHODS)
         if len(pixel_mean) != 3 or len(pixel_std) != 3:
             raise ValueError(
                 f"pixel_mean, pixel_std: expected 3 values each, got {len(pixel_mean)} and "

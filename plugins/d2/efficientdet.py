@@ -28,6 +28,7 @@ from detectron2.structures import Boxes, ImageList, Instances, pairwise_iou
 from detectron2.utils.events import get_event_storage
 from torch import Tensor, nn
 
+from plugins.core._validate import check_choice
 from plugins.core.anchors import generate_anchors
 from plugins.core.box_coder import decode_boxes, encode_boxes
 from plugins.core.box_loss import huber_loss, smooth_l1_loss
@@ -213,8 +214,7 @@ def classification_loss(
 def nms_from_config(cfg) -> dict:
     """Constructor arguments of :func:`select_detections` from ``cfg.MODEL.NMS``."""
     node = cfg.MODEL.NMS
-    if node.TYPE not in NMS_TYPES:
-        raise ValueError(f"MODEL.NMS.TYPE: expected one of {list(NMS_TYPES)}, got {node.TYPE!r}")
+    check_choice("MODEL.NMS.TYPE", node.TYPE, NMS_TYPES)
     max_det = node.MAX_DETECTIONS if node.MAX_DETECTIONS > 0 else cfg.TEST.DETECTIONS_PER_IMAGE
     return {
         "nms_type": node.TYPE,
@@ -343,16 +343,9 @@ class EfficientDet(DenseDetector):
         super().__init__(
             backbone, head, head_in_features, pixel_mean=pixel_mean, pixel_std=pixel_std
         )
-        if cls_loss_type not in CLS_LOSS_TYPES:
-            raise ValueError(
-                f"cls_loss_type: expected one of {list(CLS_LOSS_TYPES)}, got {cls_loss_type!r}"
-            )
-        if box_loss_type not in BOX_LOSS_TYPES:
-            raise ValueError(
-                f"box_loss_type: expected one of {list(BOX_LOSS_TYPES)}, got {box_loss_type!r}"
-            )
-        if nms_type not in NMS_TYPES:
-            raise ValueError(f"nms_type: expected one of {list(NMS_TYPES)}, got {nms_type!r}")
+        check_choice("cls_loss_type", cls_loss_type, CLS_LOSS_TYPES)
+        check_choice("box_loss_type", box_loss_type, BOX_LOSS_TYPES)
+        check_choice("nms_type", nms_type, NMS_TYPES)
         if len(head_in_features) != variant.num_levels:
             raise ValueError(
                 f"head_in_features: expected {variant.num_levels} levels for {variant.name}, "

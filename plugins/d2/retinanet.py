@@ -27,6 +27,7 @@ from detectron2.structures import Boxes, Instances
 from detectron2.utils.events import get_event_storage
 from torch import Tensor
 
+from plugins.core._validate import check_choice
 from plugins.core.box_loss import huber_loss
 
 from .config import CLS_LOSS_TYPES, NMS_TYPES
@@ -67,12 +68,8 @@ class RetinaNetPlus(RetinaNet):
             **kwargs: :class:`~detectron2.modeling.RetinaNet` arguments.
         """
         super().__init__(**kwargs)
-        if cls_loss_type not in CLS_LOSS_TYPES:
-            raise ValueError(
-                f"cls_loss_type: expected one of {list(CLS_LOSS_TYPES)}, got {cls_loss_type!r}"
-            )
-        if nms_type not in NMS_TYPES:
-            raise ValueError(f"nms_type: expected one of {list(NMS_TYPES)}, got {nms_type!r}")
+        check_choice("cls_loss_type", cls_loss_type, CLS_LOSS_TYPES)
+        check_choice("nms_type", nms_type, NMS_TYPES)
         self.cls_loss_type = cls_loss_type
         self.huber_delta = huber_delta
         self.box_loss_weight = box_loss_weight
