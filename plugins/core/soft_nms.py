@@ -34,9 +34,17 @@ runs for all groups of the chunk in lock-step, one vectorised pick/decay/discard
   discarded boxes simply keep their sub-threshold scores). It performs exactly mmcv's float
   multiplications, so it is bit-exact unless some pick has a tied maximum; ties are detected
   and the chunk is then rerun by
-* the slot-exact engine, which reproduces mmcv's swaps and compactions. Devices other than
-  CPU skip the component search (it synchronises with the host) and run only this per-class
-  engine, a fixed number of steps without host synchronisation inside the loop.
+* the slot-exact engine, which reproduces mmcv's swaps and compactions.
+
+Device path (CUDA, or any device other than CPU): the data never leaves the device (mmcv's
+``soft_nms`` copies CUDA inputs to the CPU and back). Boxes are grouped by class with a stable
+sort and cumulative sums (:func:`_device_layout`, no data-dependent shapes); one host read of
+two ints (number of classes, largest class) sizes a single ``(classes, largest)`` padded
+layout; the slot-exact engine then runs exactly ``largest`` steps and the merge is a stable
+sort of the padded result (:func:`_device_solve`, no host synchronisation at all: tests run it
+on meta tensors, which have no data, and under ``torch.cuda.set_sync_debug_mode("error")`` on a
+GPU); a last read of one int cuts the padding off the output. The component search is CPU
+only (its shapes depend on the data).
 
 Cost: the component search tests the same-class pairs whose x-extents overlap; the solve is
 ``O(sum_chunks C_k * Nmax_k^2)`` elementwise work plus ``Nmax_k`` sequential steps per chunk,
@@ -464,7 +472,6 @@ def _solve(
     iou_threshold: float,
     score_threshold: float,
     degenerate: bool,
-    sync: bool,
     force_exact: bool,
     components: bool,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor] | None:
@@ -488,7 +495,7 @@ def _solve(
     if components:
         chunks = _plan_groups(sizes)
     else:
-        chunks = _plan_chunks(sizes) if sync else [(0, num_grp)]
+        chunks = _plan_chunks(sizes)
     keep_parts, score_parts, grp_parts, step_parts = [], [], [], []
     for lo, hi in chunks:
         members = by_size[lo:hi]
@@ -508,12 +515,12 @@ def _solve(
             s_pad = scores_w[safe].masked_fill_(~valid, float("-inf"))
             rows = _Rows(b_pad, method, sigma, iou_threshold, degenerate)
             tied = True
-            if sync and not force_exact:
+            if not force_exact:
                 sel_s, sel_b, tied = _seq_greedy(s_pad, rows, score_threshold)
             if tied:
                 if components:
                     return None
-                sel_s, sel_b = _exact_greedy(s_pad, counts[members], rows, score_threshold, sync)
+                sel_s, sel_b = _exact_greedy(s_pad, counts[members], rows, score_threshold, True)
         live = sel_s >= score_threshold  # (T, C); drops spent steps and a sub-threshold pick
         steps = torch.arange(sel_s.shape[0], device=dev)[:, None].expand_as(sel_s)
         keep_parts.append(safe.gather(1, sel_b.t()).t()[live])
@@ -549,16 +556,19 @@ def _run(
         return _hard(boxes, scores, idxs, iou_threshold, score_threshold, max_detections)
     if sync is None:
         sync = dev.type == "cpu"
+    if not sync:
+        keep, out_scores, num = _run_device(
+            boxes, scores, idxs, method, sigma, iou_threshold, score_threshold, max_detections
+        )
+        k = int(num)  # host read 2 of 2 (output length)
+        return keep[:k], out_scores[:k]
     if components is None:
-        components = sync and not force_exact
+        components = not force_exact
     work = torch.float64 if scores.dtype == torch.float64 else torch.float32
     boxes_w = boxes.detach().to(work)
     scores_w = scores.detach().to(work)
-    if sync:
-        area = (boxes_w[:, 2] - boxes_w[:, 0]) * (boxes_w[:, 3] - boxes_w[:, 1])
-        degenerate = bool((area <= 0).any())
-    else:
-        degenerate = True
+    area = (boxes_w[:, 2] - boxes_w[:, 0]) * (boxes_w[:, 3] - boxes_w[:, 1])
+    degenerate = bool((area <= 0).any())
 
     if idxs is None:
         cls_of = torch.zeros(n_in, dtype=torch.long, device=dev)
@@ -579,7 +589,7 @@ def _run(
             order, cls, slot, counts = _group_by_class(idxs)
         keep, out_scores, grp, step = _solve(
             boxes_w, scores_w, order, cls, slot, counts, method, sigma, iou_threshold,
-            score_threshold, degenerate, sync, force_exact, False,
+            score_threshold, degenerate, force_exact, False,
         )  # fmt: skip
         # Order: score descending; ties by class id, then selection order.
         pre = torch.argsort(grp * (int(step.max()) + 1 if step.numel() else 1) + step)
@@ -591,6 +601,114 @@ def _run(
     if max_detections >= 0:
         keep, out_scores = keep[:max_detections], out_scores[:max_detections]
     return keep, out_scores.to(scores.dtype)
+
+
+def _device_layout(idxs: Tensor | None, n: int, device: torch.device) -> tuple[Tensor, ...]:
+    """Group boxes by class without host synchronisation (every shape derives from ``n``).
+
+    Returns:
+        ``(order, cls, slot, counts, bounds)``: a class-stable ordering of the boxes
+        ``(N,)``, each sorted box's dense class id ``(N,)`` (classes numbered by ascending
+        id) and its slot (rank within its class, input order) ``(N,)``, the class sizes
+        padded with zeros to ``(N,)``, and ``bounds = (number of classes, largest class)``
+        as a device tensor ``(2,)``.
+    """
+    order = torch.arange(n, device=device)
+    if idxs is None:
+        cls = torch.zeros(n, dtype=torch.long, device=device)
+        counts = torch.zeros(n, dtype=torch.long, device=device)
+        counts[0] = n
+        return order, cls, order, counts, torch.tensor([1, n], device=device)
+    sorted_ids, order = torch.sort(idxs, stable=True)
+    new = torch.ones(n, dtype=torch.bool, device=device)
+    new[1:] = sorted_ids[1:] != sorted_ids[:-1]
+    cls = new.cumsum(0).sub_(1)
+    pos = torch.arange(n, device=device)
+    start = torch.where(new, pos, 0).cummax(0).values
+    counts = torch.zeros(n, dtype=torch.long, device=device).scatter_add_(
+        0, cls, torch.ones_like(cls)
+    )
+    return order, cls, pos - start, counts, torch.stack([cls[-1] + 1, counts.max()])
+
+
+def _device_solve(
+    boxes_w: Tensor,
+    scores_w: Tensor,
+    order: Tensor,
+    cls: Tensor,
+    slot: Tensor,
+    counts: Tensor,
+    num_classes: int,
+    width: int,
+    method: str,
+    sigma: float,
+    iou_threshold: float,
+    score_threshold: float,
+    max_detections: int,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Slot-exact soft-NMS of all classes in one ``(num_classes, width)`` padded layout.
+
+    No host synchronisation: every shape follows from ``N``, ``num_classes`` and ``width``,
+    the greedy loop runs exactly ``width`` steps, and the result stays padded.
+
+    Returns:
+        ``(keep (K,), scores (K,), num (,))`` with ``K = num_classes * width`` (cut to
+        ``max_detections`` when ``>= 0``): kept box indices and decayed scores sorted by score
+        descending (ties: class id, then selection order); entries from ``num`` on are padding
+        (score ``-inf``).
+    """
+    neg_inf = float("-inf")
+    table = torch.full((num_classes, width), -1, dtype=torch.long, device=boxes_w.device)
+    table[cls, slot] = order
+    valid = table >= 0
+    safe = table.clamp(min=0)
+    s_pad = scores_w[safe].masked_fill_(~valid, neg_inf)
+    if width == 1:  # lone boxes: nothing decays them
+        sel_s = s_pad.t()
+        sel_b = torch.zeros_like(sel_s, dtype=torch.long)
+    else:
+        # Padding boxes are unit squares: never 0 / 0, never read for a live class.
+        b_pad = boxes_w[safe]
+        b_pad.masked_fill_(~valid[..., None], 0.0)
+        b_pad[..., 2:].masked_fill_(~valid[..., None], 1.0)
+        rows = _Rows(b_pad, method, sigma, iou_threshold, True)
+        sel_s, sel_b = _exact_greedy(s_pad, counts[:num_classes], rows, score_threshold, False)
+    # (T, C) -> class-major flat order, so a stable sort breaks ties by class, then step.
+    flat_s = sel_s.t().reshape(-1)
+    flat_s = flat_s.masked_fill(~(flat_s >= score_threshold), neg_inf)
+    flat_ids = safe.gather(1, sel_b.t()).reshape(-1)
+    out_s, perm = torch.sort(flat_s, descending=True, stable=True)
+    keep = flat_ids[perm]
+    if max_detections >= 0:
+        keep, out_s = keep[:max_detections], out_s[:max_detections]
+    return keep, out_s, (out_s > neg_inf).sum()
+
+
+def _run_device(
+    boxes: Tensor,
+    scores: Tensor,
+    idxs: Tensor | None,
+    method: str,
+    sigma: float,
+    iou_threshold: float,
+    score_threshold: float,
+    max_detections: int,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Device (CUDA) path: the data never leaves the device.
+
+    One host read sizes the padded layout (number of classes and largest class, two ints);
+    :func:`_device_solve` then runs without any synchronisation. Returns its padded
+    ``(keep, scores, num)``; the caller reads ``num`` to cut the padding (the second read).
+    """
+    work = torch.float64 if scores.dtype == torch.float64 else torch.float32
+    n = boxes.shape[0]
+    order, cls, slot, counts, bounds = _device_layout(idxs, n, boxes.device)
+    num_classes, width = bounds.tolist()  # host read 1 of 2 (two ints)
+    keep, out_s, num = _device_solve(
+        boxes.detach().to(work), scores.detach().to(work), order, cls, slot, counts,
+        num_classes, width, method, sigma, iou_threshold, score_threshold, max_detections,
+    )  # fmt: skip
+    return keep, out_s.to(scores.dtype), num
 
 
 def _run_components(
@@ -627,7 +745,7 @@ def _run_components(
     slot = torch.arange(grp.numel(), device=dev) - starts[grp[order]]
     solved = _solve(
         b, s, order, grp[order], slot, counts, method, sigma, iou_threshold, score_threshold,
-        degenerate, True, False, True,
+        degenerate, False, True,
     )  # fmt: skip
     if solved is None:
         return None
@@ -720,7 +838,9 @@ def soft_nms(
 
     Note:
         IoU with a non-positive union (two zero-area boxes) is taken as 0; mmcv computes
-        ``0 / 0 = NaN`` there.
+        ``0 / 0 = NaN`` there. On CUDA the computation stays on the device; the host reads
+        three ints (layout size before the greedy loop, output length after it), see the
+        module docstring. ``"hard"`` is torchvision's NMS and synchronises as it does.
     """
     _check_common(boxes, scores, method, sigma, iou_threshold, max_detections)
     return _run(boxes, scores, None, method, sigma, iou_threshold, score_threshold, max_detections)

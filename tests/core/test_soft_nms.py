@@ -300,6 +300,121 @@ def test_bad_inputs_raise_value_error_naming_argument():
         batched_soft_nms(good_b, good_s, torch.zeros(3))
 
 
+# ------------------------------------------------------------------------------------------
+# Device path (what CUDA tensors run): no host synchronisation inside
+# ------------------------------------------------------------------------------------------
+
+# Calls that make a CUDA stream wait for the host (a device-to-host copy or a data-dependent
+# output size).
+_SYNCING = {
+    "__bool__", "__int__", "__float__", "__index__", "item", "tolist", "numpy", "cpu",
+    "nonzero", "argwhere", "unique", "unique_consecutive", "masked_select",
+    "repeat_interleave",
+}  # fmt: skip
+
+
+class _HostSyncRecorder(torch.overrides.TorchFunctionMode):
+    """Records every torch call that would synchronise a CUDA device with the host."""
+
+    def __init__(self):
+        super().__init__()
+        self.calls = []
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        name = getattr(func, "__name__", str(func))
+        syncs = name in _SYNCING
+        if name == "where" and len(args) + len(kwargs) == 1:
+            syncs = True  # torch.where(cond) is nonzero
+        if name in ("__getitem__", "__setitem__", "index_put_", "index_put"):
+            index = args[1] if len(args) > 1 else None
+            parts = index if isinstance(index, (tuple, list)) else (index,)
+            syncs = any(isinstance(i, torch.Tensor) and i.dtype == torch.bool for i in parts)
+        if name == "to" and any(str(a).startswith("cpu") for a in args[1:]):
+            syncs = True
+        if syncs:
+            self.calls.append(name)
+        return func(*args, **kwargs)
+
+
+def test_recorder_sees_syncing_calls():
+    x = torch.arange(6.0)
+    with _HostSyncRecorder() as rec:
+        _ = x[x > 2], torch.nonzero(x), x.sum().item(), bool(x.max() > 1), x.unique()
+        _ = x.sort(stable=True), x.cummax(0), x[torch.tensor([1, 2])], x.masked_fill(x > 1, 0)
+    assert rec.calls == ["__getitem__", "nonzero", "item", "__bool__", "unique"]
+
+
+@pytest.mark.parametrize("method", ["gaussian", "linear"])
+@pytest.mark.parametrize(("n", "num_classes"), [(60, 3), (700, 40)])
+def test_device_path_reads_two_ints_and_equals_cpu_path(method, n, num_classes):
+    """The path CUDA tensors take, run on CPU: same result as the CPU path, and the only host
+    reads are the two documented ones (layout size before the loop, output length after),
+    whatever the number of boxes and greedy steps."""
+    boxes, scores, idxs = _detector_like(n, 21, num_objects=8, num_classes=num_classes)
+    scores[::9] = 0.0005
+    ref = _run(boxes, scores, idxs, method, 0.5, 0.3, 0.01, 50)
+    with _HostSyncRecorder() as rec:
+        got = _run(boxes, scores, idxs, method, 0.5, 0.3, 0.01, 50, sync=False)
+    assert rec.calls == ["tolist", "__int__"]
+    assert got[0].tolist() == ref[0].tolist()
+    torch.testing.assert_close(got[1], ref[1], rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("method", ["gaussian", "linear"])
+def test_device_engine_runs_on_meta_tensors(method):
+    """Meta tensors have shapes but no data: any host read or data-dependent shape raises.
+    The layout and the whole greedy engine run on them, so nothing in them waits for data."""
+    n, num_classes, width = 64, 5, 20
+    meta = torch.device("meta")
+    boxes = torch.empty(n, 4, device=meta)
+    scores = torch.empty(n, device=meta)
+    idxs = torch.empty(n, dtype=torch.long, device=meta)
+    with pytest.raises((RuntimeError, NotImplementedError)):
+        torch.nonzero(scores)  # the premise: a data-dependent op fails on meta
+    order, cls, slot, counts, bounds = soft_nms_module._device_layout(idxs, n, meta)
+    assert bounds.shape == (2,)
+    keep, sc, num = soft_nms_module._device_solve(
+        boxes, scores, order, cls, slot, counts, num_classes, width, method, 0.5, 0.3, 0.001, 30
+    )
+    assert keep.shape == sc.shape == (30,) and num.shape == ()
+    assert keep.device.type == "meta" and keep.dtype == torch.int64
+
+
+def test_device_layout_matches_unique():
+    _, _, idxs = _detector_like(200, 4, num_classes=9)
+    idxs = idxs * 5 - 7
+    order, cls, slot, counts, bounds = soft_nms_module._device_layout(idxs, 200, idxs.device)
+    r_order, r_cls, r_slot, r_counts = soft_nms_module._group_by_class(idxs)
+    assert bounds.tolist() == [r_counts.numel(), int(r_counts.max())]
+    assert order.tolist() == r_order.tolist() and cls.tolist() == r_cls.tolist()
+    assert slot.tolist() == r_slot.tolist()
+    assert counts[: r_counts.numel()].tolist() == r_counts.tolist()
+    assert int(counts[r_counts.numel() :].abs().sum()) == 0
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("method", ["gaussian", "linear"])
+def test_cuda_engine_does_not_synchronise(method):
+    boxes, scores, idxs = _detector_like(2000, 3, num_objects=20, num_classes=80)
+    dev = torch.device("cuda")
+    b, s, i = boxes.to(dev), scores.to(dev), idxs.to(dev)
+    order, cls, slot, counts, bounds = soft_nms_module._device_layout(i, b.shape[0], dev)
+    num_classes, width = bounds.tolist()
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        keep, sc, num = soft_nms_module._device_solve(
+            b, s, order, cls, slot, counts, num_classes, width, method, 0.5, 0.3, 0.001, -1
+        )
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    k = int(num)
+    ref = batched_soft_nms(boxes, scores, idxs, method)
+    assert keep[:k].cpu().tolist() == ref[0].tolist()
+    torch.testing.assert_close(sc[:k].cpu(), ref[1], rtol=1e-5, atol=1e-6)
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_cuda_matches_cpu():
     boxes, scores, idxs = _detector_like(500, 12, num_classes=5)
