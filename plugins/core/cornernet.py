@@ -129,6 +129,9 @@ class CornerNetHead(nn.Module):
         pool_channels: width of the corner pooling branches. Default 128.
         hidden_channels: width of the prediction branches. Default 256.
         prior_prob: initial heatmap probability. Default 0.1.
+        channels_last: run the convolutions in ``torch.channels_last`` memory format (weights
+            and activations; faster on CPU and GPU, values agree to float rounding); the
+            returned maps are contiguous NCHW either way. Default ``True``.
 
     Shapes:
         ``forward(list of num_feat_levels tensors (B, in_channels, H, W))`` -> dict with keys
@@ -146,6 +149,7 @@ class CornerNetHead(nn.Module):
         pool_channels: int = 128,
         hidden_channels: int = 256,
         prior_prob: float = 0.1,
+        channels_last: bool = True,
     ) -> None:
         super().__init__()
         check_positive("num_classes", num_classes)
@@ -168,6 +172,9 @@ class CornerNetHead(nn.Module):
             for _ in range(self.num_feat_levels)
         )
         self.reset_parameters()
+        self.channels_last = bool(channels_last)
+        if self.channels_last:
+            self.to(memory_format=torch.channels_last)
 
     def reset_parameters(self) -> None:
         """Initialise the weights like mmdet's ``CornerHead.init_weights``."""
@@ -197,8 +204,10 @@ class CornerNetHead(nn.Module):
         outputs: dict[str, list[Tensor | None]] = {key: [] for key in OUTPUT_KEYS}
         for i, (level, feat) in enumerate(zip(self.levels, feats)):
             check_tensor(f"feats[{i}]", feat, (None, self.in_channels, None, None), floating=True)
+            if self.channels_last:
+                feat = feat.contiguous(memory_format=torch.channels_last)
             for key, value in level(feat).items():
-                outputs[key].append(value)
+                outputs[key].append(None if value is None else value.contiguous())
         return outputs
 
 
