@@ -549,3 +549,22 @@ def test_component_path_ties_fall_back_to_mmcv_order(method):
     _assert_same(
         soft_nms(boxes, scores, method), _mmcv_soft(boxes, scores, method, 0.5, 0.3, 0.001)
     )
+
+
+@pytest.mark.parametrize("method", ["gaussian", "linear"])
+def test_shallow_classes_skip_the_component_search(monkeypatch, method):
+    """Classes of at most _SHALLOW_CLASS boxes go straight to the per-class path (cheaper);
+    deeper ones use the component search. Both give the same result."""
+    boxes, scores, idxs = _detector_like(300, 50, num_objects=12, num_classes=20)
+    assert int(torch.bincount(idxs).max()) <= soft_nms_module._SHALLOW_CLASS
+    calls = []
+    real = soft_nms_module._run_components
+    monkeypatch.setattr(soft_nms_module, "_run_components", lambda *a: calls.append(1) or real(*a))
+    shallow = batched_soft_nms(boxes, scores, idxs, method)
+    assert calls == []
+    forced = _run(boxes, scores, idxs, method, 0.5, 0.3, 0.001, -1, components=True)
+    assert calls == [1]
+    assert shallow[0].tolist() == forced[0].tolist()
+    torch.testing.assert_close(shallow[1], forced[1], rtol=0, atol=0)
+    batched_soft_nms(boxes, scores, idxs // 4, method)  # 5 classes of ~60 boxes
+    assert calls == [1, 1]
