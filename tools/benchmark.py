@@ -1108,9 +1108,9 @@ def run_training_case(quick: bool, header: dict) -> str:
         "Each framework's own trainer runs the repo's demo config as a subprocess; the "
         "per-iteration `time:` its logger prints is read (the first logged window, which holds "
         "the warm-up, is dropped when there are more); images/s = 8 / median seconds per "
-        "iteration. The two demo configs are not the same network (Detectron2's uses the "
-        "`efficientdet_test` variant widened to 48 BiFPN channels; MMDetection's a 0.5x/0.35x "
-        "scaled one), so the numbers are per framework, not a head-to-head comparison.",
+        "iteration. Both demo configs train the same `efficientdet_demo` network (256 px, "
+        "batch 8); what differs is each framework's data pipeline, hooks and what its logged "
+        "`time` covers.",
         "",
         f"Run {header['date']}: {header['machine']}.  ",
         f"Command: `{header['command']}`",
