@@ -690,8 +690,9 @@ def _build_cornernet(p: dict, device: str, only: str | None = None) -> Bench:
     _randomise_bn_(ref, 10)
     ours = None
     if only in (None, "ours"):
-        backbone = HourglassNet(**hg_kwargs) if hg_kwargs else HourglassNet()
-        ours = CornerNet(model_cfg.bbox_head.num_classes, backbone)
+        # channels-last inside: the faster inference layout (off by default, see HourglassNet)
+        backbone = HourglassNet(**hg_kwargs, channels_last=True)
+        ours = CornerNet(model_cfg.bbox_head.num_classes, backbone, channels_last=True)
         ours.load_state_dict(convert_mmdet_cornernet_state_dict(ref.state_dict()), strict=True)
         ours = ours.eval().to(device)
     if only == "ours":
@@ -893,7 +894,8 @@ CASES: dict[str, Case] = {
             _build_cornernet,
             "CPU: ratio >= 1",
             _ratio_target(lambda p: 1.0),
-            "Ours: `plugins.core.cornernet.CornerNet`; peer: mmdet's `HourglassNet` + "
+            "Ours: `plugins.core.cornernet.CornerNet` with `channels_last=True` in backbone and "
+            "head (the inference option; off by default); peer: mmdet's `HourglassNet` + "
             "`CornerHead` built from `cornernet_hourglass104_8xb6-210e-mstest_coco.py`; same "
             "weights via `convert_mmdet_cornernet_state_dict`; batch 1, inference.",
         ),

@@ -130,8 +130,9 @@ class CornerNetHead(nn.Module):
         hidden_channels: width of the prediction branches. Default 256.
         prior_prob: initial heatmap probability. Default 0.1.
         channels_last: run the convolutions in ``torch.channels_last`` memory format (weights
-            and activations; faster on CPU and GPU, values agree to float rounding); the
-            returned maps are contiguous NCHW either way. Default ``True``.
+            and activations; faster inference on CPU, values agree to float rounding); the
+            returned maps are contiguous NCHW either way. Default ``False`` (see
+            :class:`~plugins.core.hourglass.HourglassNet` for the CPU training crash).
 
     Shapes:
         ``forward(list of num_feat_levels tensors (B, in_channels, H, W))`` -> dict with keys
@@ -149,7 +150,7 @@ class CornerNetHead(nn.Module):
         pool_channels: int = 128,
         hidden_channels: int = 256,
         prior_prob: float = 0.1,
-        channels_last: bool = True,
+        channels_last: bool = False,
     ) -> None:
         super().__init__()
         check_positive("num_classes", num_classes)
@@ -220,6 +221,8 @@ class CornerNet(nn.Module):
         num_classes: number of object classes.
         backbone: the hourglass backbone. Default: Hourglass-104 (``HourglassNet()``).
         corner_emb_channels: embedding size. Default 1.
+        channels_last: the head's ``channels_last`` (faster inference; give the backbone its
+            own). Default ``False``.
 
     Shapes:
         ``forward((B, 3, H, W))`` -> :class:`CornerNetHead` output with one level per stack,
@@ -231,6 +234,7 @@ class CornerNet(nn.Module):
         num_classes: int,
         backbone: HourglassNet | None = None,
         corner_emb_channels: int = 1,
+        channels_last: bool = False,
     ) -> None:
         super().__init__()
         self.backbone = HourglassNet() if backbone is None else backbone
@@ -239,6 +243,7 @@ class CornerNet(nn.Module):
             self.backbone.feat_channel,
             num_feat_levels=self.backbone.num_stacks,
             corner_emb_channels=corner_emb_channels,
+            channels_last=channels_last,
         )
 
     def forward(self, images: Tensor) -> dict[str, list[Tensor | None]]:

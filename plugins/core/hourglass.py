@@ -156,10 +156,13 @@ class HourglassNet(nn.Module):
         norm_eval: keep every BatchNorm in eval mode (frozen statistics) while training.
             Default ``False``.
         channels_last: keep the weights and activations in ``torch.channels_last`` memory
-            format inside the network (oneDNN / cuDNN run these convolutions faster so:
-            Hourglass-104 forward at 511 px on CPU ~10 % faster, see BENCHMARKS.md). Values
-            agree with the NCHW network to float rounding; the returned features are
-            contiguous NCHW either way. Default ``True``.
+            format inside the network. For inference: Hourglass-104 forward at 511 px on CPU
+            is ~10 % faster (see BENCHMARKS.md). Not for CPU training with torch 2.13: the
+            backward of a channels-last 1x1 stride-2 convolution with 8 input channels at
+            64x64 (this network's stem block when ``stage_channels[0]`` is 16) crashes the
+            process (segfault / heap corruption, reproduced outside this package). Values
+            agree with NCHW to float rounding; the returned features are contiguous NCHW
+            either way. Default ``False``.
 
     Shapes:
         ``forward((B, 3, H, W)) -> list of num_stacks tensors (B, feat_channel, H / 4, W / 4)``
@@ -174,7 +177,7 @@ class HourglassNet(nn.Module):
         stage_blocks: Sequence[int] = (2, 2, 2, 2, 2, 4),
         feat_channel: int = 256,
         norm_eval: bool = False,
-        channels_last: bool = True,
+        channels_last: bool = False,
     ) -> None:
         super().__init__()
         check_positive("downsample_times", downsample_times)

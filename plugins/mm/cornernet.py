@@ -97,8 +97,9 @@ class PluginsHourglassNet(BaseModule):
         stage_blocks: residual blocks per level. Default ``(2, 2, 2, 2, 2, 4)``.
         feat_channel: channels of each output feature. Default 256.
         norm_eval: keep BatchNorm statistics frozen in training. Default ``False``.
-        channels_last: run in ``torch.channels_last`` memory format inside (faster; outputs
-            are NCHW either way). Default ``True``.
+        channels_last: run in ``torch.channels_last`` memory format inside (faster inference;
+            not for CPU training with torch 2.13, see the core ``HourglassNet``; outputs are
+            NCHW either way). Default ``False``.
         norm_cfg: accepted for compatibility with mmdet's ``HourglassNet``; only
             ``dict(type="BN", requires_grad=True)`` (or ``None``). Default ``None``.
         init_cfg: mmengine init config; must be ``None`` (the core initialises itself).
@@ -119,7 +120,7 @@ class PluginsHourglassNet(BaseModule):
         stage_blocks: Sequence[int] = (2, 2, 2, 2, 2, 4),
         feat_channel: int = 256,
         norm_eval: bool = False,
-        channels_last: bool = True,
+        channels_last: bool = False,
         norm_cfg: Mapping | None = None,
         init_cfg: Mapping | None = None,
     ) -> None:
@@ -238,8 +239,8 @@ class PluginsCornerHead(BaseDenseHead):
             push_weight=0.1)``. Default as shown (the paper's weights).
         loss_offset: ``dict(type="SmoothL1Loss", beta=1.0, loss_weight=1.0)`` (only
             ``loss_weight`` may change). Default as shown.
-        channels_last: run in ``torch.channels_last`` memory format inside (faster; outputs
-            are NCHW either way). Default ``True``.
+        channels_last: run in ``torch.channels_last`` memory format inside (faster inference;
+            outputs are NCHW either way). Default ``False``.
         init_cfg: must be ``None`` (the core initialises itself like mmdet's ``CornerHead``).
 
     Raises:
@@ -264,7 +265,7 @@ class PluginsCornerHead(BaseDenseHead):
             type="AssociativeEmbeddingLoss", pull_weight=0.1, push_weight=0.1
         ),
         loss_offset: Mapping | None = dict(type="SmoothL1Loss", beta=1.0, loss_weight=1.0),
-        channels_last: bool = True,
+        channels_last: bool = False,
         init_cfg: Mapping | None = None,
     ) -> None:
         if init_cfg is not None:

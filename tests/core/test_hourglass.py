@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import importlib
 import math
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -123,3 +126,29 @@ def test_tiny_matches_mmdet(mmdet_hourglass, num_stacks):
         assert len(got) == len(want) == num_stacks
         for a, b in zip(got, want):
             torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+
+def test_default_layout_trains_on_cpu():
+    """The default (NCHW) trains the demo-sized hourglass on CPU. Channels-last is off by
+    default because with torch 2.13 the backward of a channels-last 1x1 stride-2 conv with 8
+    input channels at 64x64 (this stem block) kills the process; the step runs in a child
+    process so that a crash fails this test instead of the whole session."""
+    assert not HourglassNet(**HOURGLASS_TINY).channels_last
+    code = (
+        "import torch\n"
+        "from plugins.core.hourglass import HourglassNet\n"
+        "torch.manual_seed(0)\n"
+        "net = HourglassNet(downsample_times=3, stage_channels=(16, 24, 32, 48),\n"
+        "                   stage_blocks=(1, 1, 1, 1), feat_channel=24)\n"
+        "for _ in range(2):\n"
+        "    sum(f.square().mean() for f in net(torch.randn(2, 3, 128, 128))).backward()\n"
+        "g = net.stem[1].shortcut[0].weight.grad\n"
+        "assert g is not None and bool(torch.isfinite(g).all())\n"
+        "print('trained')\n"
+    )
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=env
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "trained" in proc.stdout

@@ -68,14 +68,8 @@ def _unscoped(value):
     return value
 
 
-def tiny_model_cfg(ours: bool, test_cfg: dict | None = None, nchw: bool = False) -> dict:
-    """A two-stack tiny CornerNet, ours or mmdet's, with identical hyper-parameters.
-
-    ``nchw``: ours runs in NCHW like mmdet's (instead of its channels-last default), so the
-    same convolution kernels run on both sides and losses and gradients can be compared
-    tightly (channels-last vs NCHW is checked in float64 in tests/core/test_cornernet.py).
-    """
-    nchw = dict(channels_last=False) if ours and nchw else {}
+def tiny_model_cfg(ours: bool, test_cfg: dict | None = None) -> dict:
+    """A two-stack tiny CornerNet, ours or mmdet's, with identical hyper-parameters."""
     head = dict(
         num_classes=NUM_CLASSES,
         in_channels=HOURGLASS_TINY["feat_channel"],
@@ -94,11 +88,9 @@ def tiny_model_cfg(ours: bool, test_cfg: dict | None = None, nchw: bool = False)
             bgr_to_rgb=True,
             pad_size_divisor=16,
         ),
-        backbone=dict(
-            type="PluginsHourglassNet" if ours else "HourglassNet", **HOURGLASS_TINY, **nchw
-        ),
+        backbone=dict(type="PluginsHourglassNet" if ours else "HourglassNet", **HOURGLASS_TINY),
         neck=None,
-        bbox_head=dict(type="PluginsCornerHead" if ours else "CornerHead", **head, **nchw),
+        bbox_head=dict(type="PluginsCornerHead" if ours else "CornerHead", **head),
         train_cfg=None,
         test_cfg=ConfigDict(copy.deepcopy(test_cfg if test_cfg is not None else TEST_CFG)),
     )
@@ -292,7 +284,7 @@ def twin_models():
     ref = MODELS.build(tiny_model_cfg(ours=False))
     perturb_(ref, seed=1)
     calm_embeddings_([ref.bbox_head.tl_emb[-1][-1].conv, ref.bbox_head.br_emb[-1][-1].conv])
-    ours = MODELS.build(tiny_model_cfg(ours=True, nchw=True))
+    ours = MODELS.build(tiny_model_cfg(ours=True))
     ours.load_state_dict(ours_from_mmdet_keys(ref.state_dict()), strict=True)
     return ref, ours
 
