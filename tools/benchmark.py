@@ -36,6 +36,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -809,6 +810,63 @@ def measure_training(cmd: list[str], iters: int, timeout: float) -> tuple[float 
 # ------------------------------------------------------------------------------------------
 
 
+# A process that keeps every core busy with torch matrix products (one thread per core).
+_BUSY_CORES = (
+    "import sys, torch\n"
+    "torch.set_num_threads(int(sys.argv[1]))\n"
+    "a = torch.randn(1024, 1024)\n"
+    "while True:\n"
+    "    a @ a\n"
+)
+
+
+def _soft_nms_shared_rows(quick: bool, device: str) -> list[dict]:
+    if device != "cpu":
+        return []
+    cores = os.cpu_count() or 2
+    sizes = [1000] if quick else [1000, 5000]
+    beside = f"{cores}-thread matmul process"
+    return [dict(n=n, method=m, beside=beside) for n in sizes for m in ("gaussian", "linear")]
+
+
+def _build_soft_nms_shared(p: dict, device: str, only: str | None = None) -> Bench:
+    """Case 1 with every core kept busy by another process for as long as the bench lives
+    (data-loader workers or a neighbouring job do the same to an evaluation)."""
+    bench = _build_soft_nms(p, device, only)
+    if only in (None, "ours, no 1-thread guard"):
+        # Ours without the one-thread guard of the CPU path: its inner function, run with
+        # the process's intra-op threads (what the guard protects against).
+        import importlib as _importlib
+
+        snms = _importlib.import_module("plugins.core.soft_nms")
+        boxes, scores, idxs = detector_like_boxes(p["n"])
+        threads = torch.get_num_threads()
+        method = p["method"]
+
+        def unguarded():
+            return snms._run_host(boxes, scores, idxs, method, 0.5, 0.3, 0.001, -1, False, None)
+
+        inner = bench.compare
+
+        def compare(outs: dict) -> str:
+            a, b = outs["ours"], outs["ours, no 1-thread guard"]
+            assert a[0].tolist() == b[0].tolist() and bool((a[1] == b[1]).all())
+            return inner(outs) + f"; unguarded ({threads} threads) identical"
+
+        bench.impls["ours, no 1-thread guard"] = unguarded
+        if only is None:
+            bench.compare = compare
+    if only is None:  # not in the peak-memory children
+        busy = subprocess.Popen(
+            [sys.executable, "-c", _BUSY_CORES, str(os.cpu_count() or 2)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        weakref.finalize(bench, busy.kill)
+        time.sleep(2.0)  # torch imported and multiplying
+    return bench
+
+
 def _min_ratio_soft_nms(p: dict) -> float:
     return 5.0 if p["n"] == 5000 else 1.0
 
@@ -832,6 +890,18 @@ CASES: dict[str, Case] = {
             "min_score; those are dropped before comparing. Outputs are checked against "
             "`mmcv.ops.soft_nms` run class by class (see `_build_soft_nms` for why not against "
             "batched_nms' own output).",
+        ),
+        Case(
+            "soft_nms_shared",
+            "1b. Soft-NMS with the CPU cores shared",
+            _soft_nms_shared_rows,
+            _build_soft_nms_shared,
+            "report (no target)",
+            None,
+            "Case 1's inputs and comparison while another process keeps every core busy "
+            "(`torch.set_num_threads(cores)` and a loop of 1024x1024 matrix products), started "
+            "2 s before the case and killed after it. Second peer: ours without the CPU path's "
+            "one-thread guard (`_run_host` called with the process's intra-op threads). CPU only.",
         ),
         Case(
             "focal_loss",

@@ -564,6 +564,39 @@ def _run(
         )
         k = int(num)  # host read 2 of 2 (output length)
         return keep[:k], out_scores[:k]
+    # One intra-op thread: the CPU path is hundreds of small ops, and when the cores are
+    # shared (data-loader workers, another job) every parallel op waits for a descheduled
+    # OpenMP thread. Measured at 5k boxes with a 2-thread matmul process beside it: 584 ms
+    # with 2 threads, 4.6 ms with 1 (4.0 ms with 2 on an idle machine; BENCHMARKS.md 1b).
+    # torch's thread count is process-wide: restored on the way out.
+    threads = torch.get_num_threads()
+    if threads > 1:
+        torch.set_num_threads(1)
+    try:
+        return _run_host(
+            boxes, scores, idxs, method, sigma, iou_threshold, score_threshold,
+            max_detections, force_exact, components,
+        )  # fmt: skip
+    finally:
+        if threads > 1:
+            torch.set_num_threads(threads)
+
+
+def _run_host(
+    boxes: Tensor,
+    scores: Tensor,
+    idxs: Tensor | None,
+    method: str,
+    sigma: float,
+    iou_threshold: float,
+    score_threshold: float,
+    max_detections: int,
+    force_exact: bool,
+    components: bool | None,
+) -> tuple[Tensor, Tensor]:
+    """CPU soft-NMS (component path, or per-class path); see the module docstring."""
+    dev = boxes.device
+    n_in = boxes.shape[0]
     work = torch.float64 if scores.dtype == torch.float64 else torch.float32
     boxes_w = boxes.detach().to(work)
     scores_w = scores.detach().to(work)

@@ -568,3 +568,29 @@ def test_shallow_classes_skip_the_component_search(monkeypatch, method):
     torch.testing.assert_close(shallow[1], forced[1], rtol=0, atol=0)
     batched_soft_nms(boxes, scores, idxs // 4, method)  # 5 classes of ~60 boxes
     assert calls == [1, 1]
+
+
+def test_cpu_path_runs_on_one_thread_and_restores_the_count(monkeypatch):
+    """Hundreds of small ops: one intra-op thread (immune to busy cores), count restored."""
+    boxes, scores, idxs = _detector_like(100, 60, num_classes=3)
+    seen = []
+    real = soft_nms_module._run_host
+
+    def spy(*args):
+        seen.append(torch.get_num_threads())
+        if len(seen) == 2:
+            raise RuntimeError("boom")
+        return real(*args)
+
+    monkeypatch.setattr(soft_nms_module, "_run_host", spy)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        keep, _ = batched_soft_nms(boxes, scores, idxs)
+        assert keep.numel() > 0 and torch.get_num_threads() == 2
+        with pytest.raises(RuntimeError, match="boom"):
+            batched_soft_nms(boxes, scores, idxs)
+        assert torch.get_num_threads() == 2  # restored on the error path too
+    finally:
+        torch.set_num_threads(before)
+    assert seen == [1, 1]
