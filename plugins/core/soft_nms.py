@@ -40,11 +40,13 @@ Device path (CUDA, or any device other than CPU): the data never leaves the devi
 ``soft_nms`` copies CUDA inputs to the CPU and back). Boxes are grouped by class with a stable
 sort and cumulative sums (:func:`_device_layout`, no data-dependent shapes); one host read of
 two ints (number of classes, largest class) sizes a single ``(classes, largest)`` padded
-layout; the slot-exact engine then runs exactly ``largest`` steps and the merge is a stable
-sort of the padded result (:func:`_device_solve`, no host synchronisation at all: tests run it
-on meta tensors, which have no data, and under ``torch.cuda.set_sync_debug_mode("error")`` on a
-GPU); a last read of one int cuts the padding off the output. The component search is CPU
-only (its shapes depend on the data).
+layout; the fast engine above (without its host-read shortcuts) runs exactly ``largest``
+steps and the merge is a stable sort of the padded result (:func:`_device_solve`, no host
+synchronisation at all: tests run it on meta tensors, which have no data, and under
+``torch.cuda.set_sync_debug_mode("error")`` on a GPU); a second read of two ints gives the
+output length and whether a pick had a tied maximum, in which case the slot-exact engine
+reruns (and a third read gives its length). The component search is CPU only (its shapes
+depend on the data). The CPU path runs on one intra-op thread (see :func:`_run`).
 
 Cost: the component search tests the same-class pairs whose x-extents overlap; the solve is
 ``O(sum_chunks C_k * Nmax_k^2)`` elementwise work plus ``Nmax_k`` sequential steps per chunk,
@@ -145,13 +147,19 @@ class _Rows:
         return self.weight(_pairwise_iou(picked, self.boxes, self.degenerate))
 
 
-def _seq_greedy(scores: Tensor, rows: _Rows, score_threshold: float) -> tuple[Tensor, Tensor, bool]:
-    """One pick per class and step, boxes in id order (CPU; cheapest per step).
+def _seq_greedy(
+    scores: Tensor, rows: _Rows, score_threshold: float, sync: bool = True
+) -> tuple[Tensor, Tensor, bool | Tensor]:
+    """One pick per class and step, boxes in id order (cheapest per step).
 
     When the weight matrix is precomputed and ``score_threshold > 0``, its diagonal is set to
     the smallest normal float, so multiplying by the picked box's own row also removes that
     box (its score drops below the threshold) and no separate write is needed.
     Exact whenever no pick has a tied maximum; ties are reported.
+
+    Args:
+        sync: allow host reads (the self-removal check, early exit). ``False`` runs exactly
+            ``N`` steps without any and returns ``tied`` as a device tensor.
 
     Returns:
         ``(sel_scores (T, C), sel_ids (T, C), tied)``; ``-inf`` where nothing was picked.
@@ -160,7 +168,7 @@ def _seq_greedy(scores: Tensor, rows: _Rows, score_threshold: float) -> tuple[Te
     s = scores.clone()
     c, n = s.shape
     flat, base = rows.flat, rows.base
-    self_kill = flat is not None and score_threshold > 0
+    self_kill = sync and flat is not None and score_threshold > 0
     if self_kill:
         top = float(s.max())
         self_kill = top * torch.finfo(s.dtype).tiny < score_threshold
@@ -187,11 +195,14 @@ def _seq_greedy(scores: Tensor, rows: _Rows, score_threshold: float) -> tuple[Te
         s.mul_(flat.index_select(0, base + i0) if flat is not None else rows(i0))
         s.scatter_(1, i[:, :1], neg_inf)
         s.masked_fill_(s < score_threshold, neg_inf)
-        if t % 4 == 3 and s.max().item() == neg_inf:
+        if sync and t % 4 == 3 and s.max().item() == neg_inf:
             break
     v = torch.stack(vals)
-    tied = n > 1 and bool(((v[..., 1] == v[..., 0]) & (v[..., 0] >= score_threshold)).any())
-    return v[..., 0], torch.stack(ids), tied
+    if n == 1:
+        none = torch.zeros((), dtype=torch.bool, device=s.device)
+        return v[..., 0], torch.stack(ids), False if sync else none
+    tied_t = ((v[..., 1] == v[..., 0]) & (v[..., 0] >= score_threshold)).any()
+    return v[..., 0], torch.stack(ids), bool(tied_t) if sync else tied_t
 
 
 def _exact_greedy(
@@ -559,11 +570,9 @@ def _run(
     if sync is None:
         sync = dev.type == "cpu"
     if not sync:
-        keep, out_scores, num = _run_device(
+        return _run_device(
             boxes, scores, idxs, method, sigma, iou_threshold, score_threshold, max_detections
         )
-        k = int(num)  # host read 2 of 2 (output length)
-        return keep[:k], out_scores[:k]
     # One intra-op thread: the CPU path is hundreds of small ops, and when the cores are
     # shared (data-loader workers, another job) every parallel op waits for a descheduled
     # OpenMP thread. Measured at 5k boxes with a 2-thread matmul process beside it: 584 ms
@@ -683,17 +692,24 @@ def _device_solve(
     iou_threshold: float,
     score_threshold: float,
     max_detections: int,
-) -> tuple[Tensor, Tensor, Tensor]:
-    """Slot-exact soft-NMS of all classes in one ``(num_classes, width)`` padded layout.
+    exact: bool = False,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Soft-NMS of all classes in one ``(num_classes, width)`` padded layout.
 
     No host synchronisation: every shape follows from ``N``, ``num_classes`` and ``width``,
     the greedy loop runs exactly ``width`` steps, and the result stays padded.
 
+    Args:
+        exact: run the slot-exact engine (mmcv's tie order; ~30 small kernels per step)
+            instead of the fast one (``topk`` + one weight-row gather + 3 updates per step),
+            which is exact unless some pick has a tied maximum and reports that.
+
     Returns:
-        ``(keep (K,), scores (K,), num (,))`` with ``K = num_classes * width`` (cut to
-        ``max_detections`` when ``>= 0``): kept box indices and decayed scores sorted by score
-        descending (ties: class id, then selection order); entries from ``num`` on are padding
-        (score ``-inf``).
+        ``(keep (K,), scores (K,), num (,), tied (,))`` with ``K = num_classes * width`` (cut
+        to ``max_detections`` when ``>= 0``): kept box indices and decayed scores sorted by
+        score descending (ties: class id, then selection order); entries from ``num`` on are
+        padding (score ``-inf``); ``tied`` (bool) says the fast engine met a tie, so the
+        result must be recomputed with ``exact=True`` (always ``False`` when exact).
     """
     neg_inf = float("-inf")
     table = torch.full((num_classes, width), -1, dtype=torch.long, device=boxes_w.device)
@@ -701,6 +717,7 @@ def _device_solve(
     valid = table >= 0
     safe = table.clamp(min=0)
     s_pad = scores_w[safe].masked_fill_(~valid, neg_inf)
+    tied = torch.zeros((), dtype=torch.bool, device=boxes_w.device)
     if width == 1:  # lone boxes: nothing decays them
         sel_s = s_pad.t()
         sel_b = torch.zeros_like(sel_s, dtype=torch.long)
@@ -710,7 +727,11 @@ def _device_solve(
         b_pad.masked_fill_(~valid[..., None], 0.0)
         b_pad[..., 2:].masked_fill_(~valid[..., None], 1.0)
         rows = _Rows(b_pad, method, sigma, iou_threshold, True)
-        sel_s, sel_b = _exact_greedy(s_pad, counts[:num_classes], rows, score_threshold, False)
+        if exact:
+            counts = counts[:num_classes]
+            sel_s, sel_b = _exact_greedy(s_pad, counts, rows, score_threshold, False)
+        else:
+            sel_s, sel_b, tied = _seq_greedy(s_pad, rows, score_threshold, sync=False)
     # (T, C) -> class-major flat order, so a stable sort breaks ties by class, then step.
     flat_s = sel_s.t().reshape(-1)
     flat_s = flat_s.masked_fill(~(flat_s >= score_threshold), neg_inf)
@@ -719,7 +740,7 @@ def _device_solve(
     keep = flat_ids[perm]
     if max_detections >= 0:
         keep, out_s = keep[:max_detections], out_s[:max_detections]
-    return keep, out_s, (out_s > neg_inf).sum()
+    return keep, out_s, (out_s > neg_inf).sum(), tied
 
 
 def _run_device(
@@ -731,22 +752,28 @@ def _run_device(
     iou_threshold: float,
     score_threshold: float,
     max_detections: int,
-) -> tuple[Tensor, Tensor, Tensor]:
+) -> tuple[Tensor, Tensor]:
     """Device (CUDA) path: the data never leaves the device.
 
-    One host read sizes the padded layout (number of classes and largest class, two ints);
-    :func:`_device_solve` then runs without any synchronisation. Returns its padded
-    ``(keep, scores, num)``; the caller reads ``num`` to cut the padding (the second read).
+    Host reads: the padded layout's size (number of classes, largest class) before the solve;
+    after it, the output length and the fast engine's tie flag, read together. Only when a
+    pick had a tied maximum (rare outside constructed inputs) the slot-exact engine reruns
+    and its output length is read.
     """
     work = torch.float64 if scores.dtype == torch.float64 else torch.float32
     n = boxes.shape[0]
     order, cls, slot, counts, bounds = _device_layout(idxs, n, boxes.device)
-    num_classes, width = bounds.tolist()  # host read 1 of 2 (two ints)
-    keep, out_s, num = _device_solve(
+    num_classes, width = bounds.tolist()  # host read 1 (two ints)
+    args = (
         boxes.detach().to(work), scores.detach().to(work), order, cls, slot, counts,
         num_classes, width, method, sigma, iou_threshold, score_threshold, max_detections,
     )  # fmt: skip
-    return keep, out_s.to(scores.dtype), num
+    keep, out_s, num, tied = _device_solve(*args)
+    k, retry = torch.stack([num, tied.to(num.dtype)]).tolist()  # host read 2 (two ints)
+    if retry:
+        keep, out_s, num, _ = _device_solve(*args, exact=True)
+        k = int(num)  # host read 3, ties only
+    return keep[:k], out_s[:k].to(scores.dtype)
 
 
 def _run_components(
@@ -881,8 +908,8 @@ def soft_nms(
     Note:
         IoU with a non-positive union (two zero-area boxes) is taken as 0; mmcv computes
         ``0 / 0 = NaN`` there. On CUDA the computation stays on the device; the host reads
-        three ints (layout size before the greedy loop, output length after it), see the
-        module docstring. ``"hard"`` is torchvision's NMS and synchronises as it does.
+        two pairs of ints (layout size before the greedy loop, output length and a tie flag
+        after it; one more int when scores tie), see the module docstring. ``"hard"`` is torchvision's NMS and synchronises as it does.
     """
     _check_common(boxes, scores, method, sigma, iou_threshold, max_detections)
     return _run(boxes, scores, None, method, sigma, iou_threshold, score_threshold, max_detections)

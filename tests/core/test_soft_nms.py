@@ -347,22 +347,39 @@ def test_recorder_sees_syncing_calls():
 
 @pytest.mark.parametrize("method", ["gaussian", "linear"])
 @pytest.mark.parametrize(("n", "num_classes"), [(60, 3), (700, 40)])
-def test_device_path_reads_two_ints_and_equals_cpu_path(method, n, num_classes):
+def test_device_path_reads_two_pairs_and_equals_cpu_path(method, n, num_classes):
     """The path CUDA tensors take, run on CPU: same result as the CPU path, and the only host
-    reads are the two documented ones (layout size before the loop, output length after),
-    whatever the number of boxes and greedy steps."""
+    reads are the two documented ones (layout size before the solve; output length and tie
+    flag after it), whatever the number of boxes and greedy steps."""
     boxes, scores, idxs = _detector_like(n, 21, num_objects=8, num_classes=num_classes)
     scores[::9] = 0.0005
     ref = _run(boxes, scores, idxs, method, 0.5, 0.3, 0.01, 50)
     with _HostSyncRecorder() as rec:
         got = _run(boxes, scores, idxs, method, 0.5, 0.3, 0.01, 50, sync=False)
-    assert rec.calls == ["tolist", "__int__"]
+    assert rec.calls == ["tolist", "tolist"]
     assert got[0].tolist() == ref[0].tolist()
     torch.testing.assert_close(got[1], ref[1], rtol=0, atol=0)
 
 
 @pytest.mark.parametrize("method", ["gaussian", "linear"])
-def test_device_engine_runs_on_meta_tensors(method):
+def test_device_path_ties_rerun_the_exact_engine(method):
+    """Tied scores: the fast device engine reports the tie, the slot-exact engine reruns (one
+    more int read) and the result is mmcv's order, as on the CPU path."""
+    boxes, scores = _random_boxes(60, 44, scale=150.0, tie_scores=True)
+    idxs = torch.randint(0, 3, (60,), generator=torch.Generator().manual_seed(44))
+    with _HostSyncRecorder() as rec:
+        got = _run(boxes, scores, idxs, method, 0.5, 0.3, 0.001, -1, sync=False)
+    assert rec.calls == ["tolist", "tolist", "__int__"]
+    ref = _run(boxes, scores, idxs, method, 0.5, 0.3, 0.001, -1, components=False)
+    assert got[0].tolist() == ref[0].tolist()
+    torch.testing.assert_close(got[1], ref[1], rtol=0, atol=0)
+    single = _run(boxes, scores, None, method, 0.5, 0.3, 0.001, -1, sync=False)
+    _assert_same(single, _mmcv_soft(boxes, scores, method, 0.5, 0.3, 0.001))
+
+
+@pytest.mark.parametrize("exact", [False, True])
+@pytest.mark.parametrize("method", ["gaussian", "linear"])
+def test_device_engine_runs_on_meta_tensors(method, exact):
     """Meta tensors have shapes but no data: any host read or data-dependent shape raises.
     The layout and the whole greedy engine run on them, so nothing in them waits for data."""
     n, num_classes, width = 64, 5, 20
@@ -374,10 +391,11 @@ def test_device_engine_runs_on_meta_tensors(method):
         torch.nonzero(scores)  # the premise: a data-dependent op fails on meta
     order, cls, slot, counts, bounds = soft_nms_module._device_layout(idxs, n, meta)
     assert bounds.shape == (2,)
-    keep, sc, num = soft_nms_module._device_solve(
-        boxes, scores, order, cls, slot, counts, num_classes, width, method, 0.5, 0.3, 0.001, 30
-    )
-    assert keep.shape == sc.shape == (30,) and num.shape == ()
+    keep, sc, num, tied = soft_nms_module._device_solve(
+        boxes, scores, order, cls, slot, counts, num_classes, width, method, 0.5, 0.3, 0.001, 30,
+        exact=exact,
+    )  # fmt: skip
+    assert keep.shape == sc.shape == (30,) and num.shape == tied.shape == ()
     assert keep.device.type == "meta" and keep.dtype == torch.int64
 
 
@@ -394,8 +412,9 @@ def test_device_layout_matches_unique():
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("exact", [False, True])
 @pytest.mark.parametrize("method", ["gaussian", "linear"])
-def test_cuda_engine_does_not_synchronise(method):
+def test_cuda_engine_does_not_synchronise(method, exact):
     boxes, scores, idxs = _detector_like(2000, 3, num_objects=20, num_classes=80)
     dev = torch.device("cuda")
     b, s, i = boxes.to(dev), scores.to(dev), idxs.to(dev)
@@ -404,11 +423,13 @@ def test_cuda_engine_does_not_synchronise(method):
     torch.cuda.synchronize()
     torch.cuda.set_sync_debug_mode("error")
     try:
-        keep, sc, num = soft_nms_module._device_solve(
-            b, s, order, cls, slot, counts, num_classes, width, method, 0.5, 0.3, 0.001, -1
-        )
+        keep, sc, num, tied = soft_nms_module._device_solve(
+            b, s, order, cls, slot, counts, num_classes, width, method, 0.5, 0.3, 0.001, -1,
+            exact=exact,
+        )  # fmt: skip
     finally:
         torch.cuda.set_sync_debug_mode("default")
+    assert not bool(tied)
     k = int(num)
     ref = batched_soft_nms(boxes, scores, idxs, method)
     assert keep[:k].cpu().tolist() == ref[0].tolist()
