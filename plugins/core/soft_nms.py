@@ -909,7 +909,9 @@ def soft_nms(
         IoU with a non-positive union (two zero-area boxes) is taken as 0; mmcv computes
         ``0 / 0 = NaN`` there. On CUDA the computation stays on the device; the host reads
         two pairs of ints (layout size before the greedy loop, output length and a tie flag
-        after it; one more int when scores tie), see the module docstring. ``"hard"`` is torchvision's NMS and synchronises as it does.
+        after it; one more int when scores tie), see the module docstring. ``"hard"`` is
+        torchvision's NMS and synchronises as it does. On CPU the call runs on one intra-op
+        thread (torch's setting, restored afterwards), which keeps it fast on busy cores.
     """
     _check_common(boxes, scores, method, sigma, iou_threshold, max_detections)
     return _run(boxes, scores, None, method, sigma, iou_threshold, score_threshold, max_detections)
