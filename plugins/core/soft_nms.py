@@ -325,10 +325,15 @@ def _plan_chunks_dp(sizes: list[int], offset: int) -> list[tuple[int, int]]:
     return chunks[::-1]
 
 
-def _group_by_class(idxs: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+def _group_by_class(
+    idxs: Tensor, dense: tuple[Tensor, Tensor] | None = None
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Return ``(order, cls, slot, counts)``: a class-stable ordering of the boxes, each sorted
-    box's dense class id, its slot (rank within its class, in input order) and class sizes."""
-    _, inverse, counts = torch.unique(idxs, return_inverse=True, return_counts=True)
+    box's dense class id, its slot (rank within its class, in input order) and class sizes.
+    ``dense``: ``torch.unique(idxs, return_inverse=True, return_counts=True)[1:]`` if known."""
+    if dense is None:
+        dense = torch.unique(idxs, return_inverse=True, return_counts=True)[1:]
+    inverse, counts = dense
     order = torch.argsort(inverse, stable=True)
     cls = inverse[order]
     starts = torch.cumsum(counts, 0) - counts
@@ -614,12 +619,13 @@ def _run_host(
 
     if idxs is None:
         cls_of = torch.zeros(n_in, dtype=torch.long, device=dev)
+        class_sizes = None
     else:
-        cls_of = torch.unique(idxs, return_inverse=True)[1]
+        _, cls_of, class_sizes = torch.unique(idxs, return_inverse=True, return_counts=True)
     if components is None:
         # Shallow classes: the per-class greedy loop is short, so the component search
         # would cost more than it saves (measured crossover ~30 boxes per class).
-        largest = n_in if idxs is None else int(torch.bincount(cls_of).max())
+        largest = n_in if class_sizes is None else int(class_sizes.max())
         components = not force_exact and largest > _SHALLOW_CLASS
     result = None
     if components:
@@ -633,16 +639,19 @@ def _run_host(
             counts = torch.tensor([n_in], device=dev)
             cls = torch.zeros(n_in, dtype=torch.long, device=dev)
         else:
-            order, cls, slot, counts = _group_by_class(idxs)
+            order, cls, slot, counts = _group_by_class(idxs, (cls_of, class_sizes))
         keep, out_scores, grp, step = _solve(
             boxes_w, scores_w, order, cls, slot, counts, method, sigma, iou_threshold,
             score_threshold, degenerate, force_exact, False,
         )  # fmt: skip
-        # Order: score descending; ties by class id, then selection order.
-        pre = torch.argsort(grp * (int(step.max()) + 1 if step.numel() else 1) + step)
-        keep, out_scores = keep[pre], out_scores[pre]
-        out_scores, perm = torch.sort(out_scores, descending=True, stable=True)
-        keep = keep[perm]
+        # Order: score descending; ties by class id, then selection order (the extra sort
+        # only when some scores tie).
+        sorted_scores, perm = torch.sort(out_scores, descending=True, stable=True)
+        if bool((sorted_scores[1:] == sorted_scores[:-1]).any()):
+            pre = torch.argsort(grp * (int(step.max()) + 1) + step)
+            keep, out_scores = keep[pre], out_scores[pre]
+            sorted_scores, perm = torch.sort(out_scores, descending=True, stable=True)
+        keep, out_scores = keep[perm], sorted_scores
     else:
         keep, out_scores = result
     if max_detections >= 0:
