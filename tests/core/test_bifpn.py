@@ -14,14 +14,7 @@ from plugins.core.efficientnet import MaxPool2dSame, conv2d
 from plugins.core.fusion import WeightedFusion
 from plugins.core.variants import EFFICIENTDET_VARIANTS
 
-
-@pytest.fixture(autouse=True)
-def _single_thread():
-    """Small tensors: one intra-op thread avoids scheduling overhead on busy 2-core runners."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def _inputs(n: int, seed: int = 0) -> list[torch.Tensor]:

@@ -18,14 +18,7 @@ from plugins.core.corner_pool import (
     corner_pool,
 )
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    """Tiny tensors: one intra-op thread is as fast and immune to a busy shared machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def _brute_force(x: torch.Tensor, direction: str) -> torch.Tensor:

@@ -31,13 +31,7 @@ IMG = (64, 64)
 FEAT = (2, NUM_CLASSES, 16, 16)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    """Tiny tensors: one intra-op thread is as fast and immune to a busy shared machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def _randomise_(module: torch.nn.Module, seed: int) -> None:

@@ -23,13 +23,7 @@ REPO = Path(__file__).resolve().parents[2]
 TOL = 1e-4  # measured max abs diff: ~1e-5 (float32, channels-last vs NCHW conv kernels)
 
 
-@pytest.fixture(autouse=True)
-def _single_thread():
-    """Small tensors: one intra-op thread avoids scheduling overhead on busy 2-core runners."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def _effdet_model(name: str, image_size: tuple[int, int], seed: int = 0) -> torch.nn.Module:

@@ -13,14 +13,7 @@ import torch
 
 from plugins.core.hourglass import HOURGLASS_104, HOURGLASS_TINY, HourglassNet
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    """Tiny tensors: one intra-op thread is as fast and immune to a busy shared machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def _randomise_(module: torch.nn.Module, seed: int) -> None:

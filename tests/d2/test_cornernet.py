@@ -31,13 +31,7 @@ NUM_CLASSES = 3
 LOSS_KEYS = {"loss_heatmap", "loss_offset", "loss_pull", "loss_push"}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: one intra-op thread avoids OpenMP spinning on a shared 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def _cfg(path: Path = DEMO_YAML, *opts):

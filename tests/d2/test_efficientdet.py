@@ -23,13 +23,7 @@ from plugins.d2.efficientdet import EfficientNetBiFPN
 NUM_CLASSES = 3
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    """Tiny tensors: one thread is as fast and does not fight over shared CI cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def make_cfg(**overrides):

@@ -24,13 +24,7 @@ CONFIGS = os.path.join(os.path.dirname(__file__), "..", "..", "configs")
 NUM_CLASSES = 4
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    """Tiny tensors: one thread is as fast and does not fight over shared CI cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def make_cfg(**overrides):
