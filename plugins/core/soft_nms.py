@@ -325,22 +325,6 @@ def _plan_chunks_dp(sizes: list[int], offset: int) -> list[tuple[int, int]]:
     return chunks[::-1]
 
 
-def _group_by_class(
-    idxs: Tensor, dense: tuple[Tensor, Tensor] | None = None
-) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """Return ``(order, cls, slot, counts)``: a class-stable ordering of the boxes, each sorted
-    box's dense class id, its slot (rank within its class, in input order) and class sizes.
-    ``dense``: ``torch.unique(idxs, return_inverse=True, return_counts=True)[1:]`` if known."""
-    if dense is None:
-        dense = torch.unique(idxs, return_inverse=True, return_counts=True)[1:]
-    inverse, counts = dense
-    order = torch.argsort(inverse, stable=True)
-    cls = inverse[order]
-    starts = torch.cumsum(counts, 0) - counts
-    slot = torch.arange(idxs.numel(), device=idxs.device) - starts[cls]
-    return order, cls, slot, counts
-
-
 def _components(boxes: Tensor, cls: Tensor, method: str, iou_threshold: float) -> Tensor:
     """Connected components of the interaction graph of each class.
 
@@ -633,13 +617,8 @@ def _run_host(
             boxes_w, scores_w, cls_of, method, sigma, iou_threshold, score_threshold, degenerate
         )
     if result is None:
-        if idxs is None:
-            order = torch.arange(n_in, device=dev)
-            slot = order
-            counts = torch.tensor([n_in], device=dev)
-            cls = torch.zeros(n_in, dtype=torch.long, device=dev)
-        else:
-            order, cls, slot, counts = _group_by_class(idxs, (cls_of, class_sizes))
+        order, cls, slot, counts, bounds = _device_layout(idxs, n_in, dev)
+        counts = counts[: int(bounds[0])]
         keep, out_scores, grp, step = _solve(
             boxes_w, scores_w, order, cls, slot, counts, method, sigma, iou_threshold,
             score_threshold, degenerate, force_exact, False,
@@ -660,7 +639,8 @@ def _run_host(
 
 
 def _device_layout(idxs: Tensor | None, n: int, device: torch.device) -> tuple[Tensor, ...]:
-    """Group boxes by class without host synchronisation (every shape derives from ``n``).
+    """Group boxes by class (or any integer key) without host synchronisation: every shape
+    derives from ``n``. Used by every path: per class, and on CPU per component.
 
     Returns:
         ``(order, cls, slot, counts, bounds)``: a class-stable ordering of the boxes

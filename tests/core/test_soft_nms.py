@@ -403,7 +403,10 @@ def test_device_layout_matches_unique():
     _, _, idxs = _detector_like(200, 4, num_classes=9)
     idxs = idxs * 5 - 7
     order, cls, slot, counts, bounds = soft_nms_module._device_layout(idxs, 200, idxs.device)
-    r_order, r_cls, r_slot, r_counts = soft_nms_module._group_by_class(idxs)
+    _, inverse, r_counts = torch.unique(idxs, return_inverse=True, return_counts=True)
+    r_order = torch.argsort(inverse, stable=True)
+    r_cls = inverse[r_order]
+    r_slot = torch.arange(200) - (torch.cumsum(r_counts, 0) - r_counts)[r_cls]
     assert bounds.tolist() == [r_counts.numel(), int(r_counts.max())]
     assert order.tolist() == r_order.tolist() and cls.tolist() == r_cls.tolist()
     assert slot.tolist() == r_slot.tolist()
