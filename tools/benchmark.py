@@ -836,9 +836,7 @@ def _build_soft_nms_shared(p: dict, device: str, only: str | None = None) -> Ben
     if only in (None, "ours, no 1-thread guard"):
         # Ours without the one-thread guard of the CPU path: its inner function, run with
         # the process's intra-op threads (what the guard protects against).
-        import importlib as _importlib
-
-        snms = _importlib.import_module("plugins.core.soft_nms")
+        snms = importlib.import_module("plugins.core.soft_nms")
         boxes, scores, idxs = detector_like_boxes(p["n"])
         threads = torch.get_num_threads()
         method = p["method"]

@@ -198,11 +198,11 @@ def _seq_greedy(
         if sync and t % 4 == 3 and s.max().item() == neg_inf:
             break
     v = torch.stack(vals)
-    if n == 1:
-        none = torch.zeros((), dtype=torch.bool, device=s.device)
-        return v[..., 0], torch.stack(ids), False if sync else none
-    tied_t = ((v[..., 1] == v[..., 0]) & (v[..., 0] >= score_threshold)).any()
-    return v[..., 0], torch.stack(ids), bool(tied_t) if sync else tied_t
+    if n > 1:
+        tied = ((v[..., 1] == v[..., 0]) & (v[..., 0] >= score_threshold)).any()
+    else:
+        tied = torch.zeros((), dtype=torch.bool, device=s.device)
+    return v[..., 0], torch.stack(ids), bool(tied) if sync else tied
 
 
 def _exact_greedy(
