@@ -24,10 +24,8 @@ from mm_train import (  # noqa: E402  (also puts the repository root on sys.path
     check_checkpoint,
     check_data,
     check_model_types,
-    fail,
     load_config,
-    setup_distributed_on_cpu,
-    trust_local_checkpoints,
+    run_tool,
 )
 
 
@@ -88,20 +86,7 @@ def build_test_config(args: argparse.Namespace):
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point."""
-    args = parse_args(argv)
-    from mmdet.utils import setup_cache_size_limit_of_dynamo
-    from mmengine.registry import RUNNERS
-    from mmengine.runner import Runner
-
-    setup_cache_size_limit_of_dynamo()
-    try:
-        cfg = build_test_config(args)
-    except ConfigProblem as exc:
-        fail("mm_test", str(exc))
-    setup_distributed_on_cpu(cfg, args.launcher)
-    trust_local_checkpoints()
-    runner = Runner.from_cfg(cfg) if "runner_type" not in cfg else RUNNERS.build(cfg)
-    runner.test()
+    run_tool("mm_test", parse_args(argv), build_test_config, "test")
 
 
 if __name__ == "__main__":

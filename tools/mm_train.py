@@ -322,22 +322,27 @@ def build_train_config(args: argparse.Namespace):
     return cfg
 
 
-def main(argv: list[str] | None = None) -> None:
-    """Entry point."""
-    args = parse_args(argv)
+def run_tool(prog: str, args: argparse.Namespace, build_config, action: str) -> None:
+    """Shared body of mm_train / mm_test: build and check the config (a problem exits with
+    a message), set up CPU distribution, build mmengine's runner, call ``runner.<action>()``."""
     from mmdet.utils import setup_cache_size_limit_of_dynamo
     from mmengine.registry import RUNNERS
     from mmengine.runner import Runner
 
     setup_cache_size_limit_of_dynamo()
     try:
-        cfg = build_train_config(args)
+        cfg = build_config(args)
     except ConfigProblem as exc:
-        fail("mm_train", str(exc))
+        fail(prog, str(exc))
     setup_distributed_on_cpu(cfg, args.launcher)
     trust_local_checkpoints()
     runner = Runner.from_cfg(cfg) if "runner_type" not in cfg else RUNNERS.build(cfg)
-    runner.train()
+    getattr(runner, action)()
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point."""
+    run_tool("mm_train", parse_args(argv), build_train_config, "train")
 
 
 if __name__ == "__main__":
