@@ -414,6 +414,7 @@ def test_device_layout_matches_unique():
     assert int(counts[r_counts.numel() :].abs().sum()) == 0
 
 
+@pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 @pytest.mark.parametrize("exact", [False, True])
 @pytest.mark.parametrize("method", ["gaussian", "linear"])
@@ -439,6 +440,7 @@ def test_cuda_engine_does_not_synchronise(method, exact):
     torch.testing.assert_close(sc[:k].cpu(), ref[1], rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_cuda_matches_cpu():
     boxes, scores, idxs = _detector_like(500, 12, num_classes=5)
