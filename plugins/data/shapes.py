@@ -29,7 +29,12 @@ Layout under the root directory::
 
     train/000001.jpg ...        val/000001.jpg ...
     annotations/train.json      annotations/val.json
+    .dense_plugins_shapes       (ownership marker, written first)
     .complete                   (marker written last, holds the version)
+
+The generator only ever replaces or deletes folders carrying its markers and nothing else:
+a ``root`` holding anything else (a user's own data given as ``data_root`` by mistake) is
+a :class:`ShapesRootError`, and nothing in it is touched.
 
 Typical use::
 
@@ -48,6 +53,7 @@ import os
 import shutil
 import time
 import uuid
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -60,6 +66,8 @@ __all__ = [
     "SHAPES_CLASSES",
     "SHAPES_VERSION",
     "ShapesPaths",
+    "ShapesRootError",
+    "check_shapes_root",
     "default_shapes_root",
     "ensure_shapes_dataset",
     "generate_shapes_dataset",
@@ -105,6 +113,11 @@ _JPEG_QUALITY = 92
 # Hue (degrees) each category leans to in a third of its instances.
 _CATEGORY_HUES = (0.0, 210.0, 120.0, 45.0, 280.0, 175.0)
 _MARKER = ".complete"
+# Ownership marker, written first into every folder the generator creates: only folders
+# carrying it (or the completion marker) are ever replaced or deleted by this module.
+_OWNER = ".dense_plugins_shapes"
+_OWNER_TEXT = "written by plugins.data.shapes (dense-detection-plugins); safe to delete\n"
+_OWNER_PREFIXES = {_OWNER: "written by plugins.data.shapes", _MARKER: "shapes v"}
 
 
 @dataclass(frozen=True)
@@ -202,10 +215,14 @@ def ensure_shapes_dataset(root: str | os.PathLike | None = None) -> ShapesPaths:
     If ``root`` already holds a complete dataset of the current version (its marker
     file matches and all files are present), this returns at once. Otherwise the
     dataset is written into a fresh temporary folder next to ``root`` and moved into
-    place with one atomic ``os.rename``; an incomplete or outdated ``root`` is moved
-    aside and deleted first. Safe to call from several processes at once (pytest
-    workers, distributed ranks): a process whose rename loses the race uses the
+    place with one atomic ``os.rename``. Safe to call from several processes at once
+    (pytest workers, distributed ranks): a process whose rename loses the race uses the
     winner's copy. Generation takes 5-10 s on one CPU core.
+
+    Only folders this generator wrote are ever replaced or deleted: ``root`` may be
+    missing, an empty folder, or an outdated / damaged Shapes dataset (it carries the
+    generator's ownership marker, and holds no file the generator does not write). Any
+    other ``root`` is an error, and nothing in it is touched.
 
     Args:
         root: Dataset directory. Default ``None``: :func:`default_shapes_root`.
@@ -214,73 +231,187 @@ def ensure_shapes_dataset(root: str | os.PathLike | None = None) -> ShapesPaths:
         The :class:`ShapesPaths` of the dataset.
 
     Raises:
+        ShapesRootError: ``root`` is a file, or a folder holding data the generator did not
+            write (e.g. a user's own dataset given as ``data_root`` by mistake).
         RuntimeError: If no complete dataset could be put in place after retrying.
     """
     root = Path(root).expanduser() if root is not None else default_shapes_root()
     root = root.absolute()
     if _is_complete(root):
         return _paths_for(root)
+    check_shapes_root(root)
     root.parent.mkdir(parents=True, exist_ok=True)
     with _generation_lock(root):
         _remove_abandoned_temporaries(root)
         for _ in range(3):
             if _is_complete(root):
                 return _paths_for(root)
+            check_shapes_root(root)
             tmp = root.parent / f".{root.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
             try:
                 generate_shapes_dataset(tmp)
-                if root.exists() or root.is_symlink():
-                    _move_aside_if_incomplete(root)
+                if root.exists():
+                    _move_aside_if_ours(root)
                 try:
                     os.rename(tmp, root)
                 except OSError:
                     # Another process renamed its copy into place first: use theirs.
                     pass
             finally:
-                shutil.rmtree(tmp, ignore_errors=True)
+                if tmp.exists():
+                    _remove_own_folder(tmp)
         if _is_complete(root):
             return _paths_for(root)
     raise RuntimeError(f"root: could not create a complete shapes dataset at {root}")
 
 
+class ShapesRootError(ValueError):
+    """A Shapes ``root`` / ``data_root`` that the generator must not write into or replace."""
+
+
+def check_shapes_root(root: str | os.PathLike) -> None:
+    """Raise if :func:`ensure_shapes_dataset` could not use ``root`` without touching user data.
+
+    ``root`` is usable when it does not exist, is an empty folder, is a complete dataset of
+    the current version, or is an outdated / damaged folder that this generator wrote.
+
+    Args:
+        root: the dataset directory that would be used.
+
+    Raises:
+        ShapesRootError: naming the folder and what in it is not the generator's.
+    """
+    root = Path(root).expanduser().absolute()
+    if not root.exists() and not root.is_symlink():
+        return
+    if not root.is_dir():
+        raise ShapesRootError(
+            f"root: {root} exists and is not a folder; the Shapes generator never replaces "
+            "it. Give a new or empty folder as the Shapes root / data_root."
+        )
+    if _is_complete(root):
+        return
+    entries = sorted(p.name for p in root.iterdir())
+    if not entries:
+        return
+    if root.is_symlink():
+        raise ShapesRootError(
+            f"root: {root} is a link to a folder that is not a complete Shapes dataset; the "
+            "generator never replaces it. Give a new or empty folder as the Shapes root."
+        )
+    foreign = _foreign_entries(root)
+    if not _is_ours(root) or foreign:
+        listed = ", ".join(foreign[:5] or entries[:5])
+        raise ShapesRootError(
+            f"root: {root} is not empty and is not a Shapes dataset written by "
+            f"plugins.data.shapes (it holds {listed}{' ...' if len(foreign or entries) > 5 else ''}"
+            "); nothing was changed. Point the Shapes root / data_root at a new or empty "
+            "folder (or leave it unset for the default cache folder), or use a dataset type "
+            "that reads your own COCO files (Detectron2: register_coco_instances / DATASETS "
+            "config keys; MMDetection: CocoDataset)."
+        )
+
+
+def _is_ours(root: Path) -> bool:
+    """Whether ``root`` carries the generator's ownership marker (or its completion marker)."""
+    for name in (_OWNER, _MARKER):
+        try:
+            if (root / name).read_text().startswith(_OWNER_PREFIXES[name]):
+                return True
+        except OSError:
+            continue
+    return False
+
+
+def _foreign_entries(root: Path) -> list[str]:
+    """Paths under ``root`` (relative) that the generator never writes, sorted."""
+    foreign = []
+    for path in sorted(root.rglob("*")):
+        rel = path.relative_to(root)
+        parts = rel.parts
+        if path.is_symlink():
+            foreign.append(str(rel))
+        elif len(parts) == 1 and parts[0] in (_OWNER, _MARKER, "annotations", *_SPLITS):
+            if (parts[0] in (_OWNER, _MARKER)) != path.is_file():
+                foreign.append(str(rel))
+        elif len(parts) == 2 and parts[0] == "annotations" and path.is_file():
+            if parts[1] not in {f"{name}.json" for name in _SPLITS}:
+                foreign.append(str(rel))
+        elif len(parts) == 2 and parts[0] in _SPLITS and path.is_file():
+            if not (parts[1].endswith(".jpg") and parts[1][:-4].isdigit()):
+                foreign.append(str(rel))
+        else:
+            foreign.append(str(rel))
+    return foreign
+
+
+def _remove_own_folder(path: Path) -> None:
+    """Delete a folder this generator wrote; leave it (with a warning) if it holds more."""
+    if path.is_symlink() or not path.is_dir():
+        return
+    if not _is_ours(path) or _foreign_entries(path):
+        if any(path.iterdir()):
+            warnings.warn(
+                f"kept {path}: it holds files plugins.data.shapes did not write", stacklevel=2
+            )
+            return
+    shutil.rmtree(path, ignore_errors=True)
+
+
 def _remove_abandoned_temporaries(root: Path, max_age_s: float = 3600.0) -> None:
-    """Delete temporary/stale folders of ``root`` left by killed processes (older than 1 h)."""
+    """Delete the generator's temporary/stale folders of ``root`` left by killed processes.
+
+    Only folders older than ``max_age_s`` whose names and contents are the generator's own
+    (see :func:`_remove_own_folder`) are removed.
+    """
     now = time.time()
     for pattern in (f".{root.name}.tmp-*", f".{root.name}.stale-*"):
         for path in root.parent.glob(pattern):
             try:
                 if now - path.stat().st_mtime > max_age_s:
-                    shutil.rmtree(path, ignore_errors=True)
+                    _remove_own_folder(path)
             except OSError:
                 pass
 
 
-def _move_aside_if_incomplete(root: Path) -> None:
-    """Rename a stale ``root`` to a unique name and delete it (losing the race is fine)."""
+def _move_aside_if_ours(root: Path) -> None:
+    """Move an outdated / damaged dataset of ours aside and delete it (losing a race is fine).
+
+    Raises:
+        ShapesRootError: ``root`` holds anything the generator did not write.
+    """
     if _is_complete(root):
         return
+    check_shapes_root(root)
+    if root.is_dir() and not any(root.iterdir()):
+        return  # an empty folder: os.rename replaces it
     trash = root.parent / f".{root.name}.stale-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     try:
         os.rename(root, trash)
     except OSError:
         return  # someone else moved or replaced it
-    if trash.is_dir() and not trash.is_symlink():
-        shutil.rmtree(trash, ignore_errors=True)
-    else:
-        trash.unlink(missing_ok=True)
+    _remove_own_folder(trash)
 
 
 def generate_shapes_dataset(out_dir: str | os.PathLike) -> None:
     """Write the whole dataset into ``out_dir`` (no locking, no atomic rename).
 
-    Most callers want :func:`ensure_shapes_dataset`. The marker file is written last,
-    so an interrupted run leaves a folder that :func:`ensure_shapes_dataset` rejects.
+    Most callers want :func:`ensure_shapes_dataset`. The ownership marker is written first
+    and the completion marker last, so an interrupted run leaves a folder that
+    :func:`ensure_shapes_dataset` recognises as its own and replaces.
 
     Args:
-        out_dir: Target folder; created if missing. Existing files are overwritten.
+        out_dir: Target folder; created if missing. It must be missing, empty, or a folder
+            this generator wrote (whose files are then overwritten).
+
+    Raises:
+        ShapesRootError: ``out_dir`` holds files the generator did not write.
     """
     out = Path(out_dir)
-    (out / "annotations").mkdir(parents=True, exist_ok=True)
+    check_shapes_root(out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / _OWNER).write_text(_OWNER_TEXT)
+    (out / "annotations").mkdir(exist_ok=True)
     for name, (code, num_images, num_empty) in _SPLITS.items():
         split_dir = out / name
         split_dir.mkdir(exist_ok=True)

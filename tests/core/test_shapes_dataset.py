@@ -192,7 +192,8 @@ def test_concurrent_generation_is_deterministic_and_ends_with_one_dataset(
     assert results[0] == results[1] == ensure_shapes_dataset(root)
     assert results[0].root == str(root) != dataset.root
     hashes = _file_hashes(root)
-    assert len(hashes) == EXPECTED_COUNTS["train"] + EXPECTED_COUNTS["val"] + 3
+    # + two json files, the completion marker and the ownership marker
+    assert len(hashes) == EXPECTED_COUNTS["train"] + EXPECTED_COUNTS["val"] + 4
     assert sorted(hashes) == sorted(dataset_hashes)
     differing = [name for name in hashes if hashes[name] != dataset_hashes[name]]
     assert differing == []
@@ -286,15 +287,87 @@ def test_abandoned_temporaries_are_removed(
 ) -> None:
     old = tmp_path / ".shapes.tmp-1-deadbeef"
     fresh = tmp_path / ".shapes.tmp-2-cafecafe"  # may belong to a process still running
-    for folder in (old, fresh):
+    foreign = tmp_path / ".shapes.tmp-3-0badf00d"  # old, but not written by the generator
+    for folder in (old, fresh, foreign):
         (folder / "train").mkdir(parents=True)
+    for folder in (old, fresh):
+        (folder / shapes._OWNER).write_text(shapes._OWNER_TEXT)
+    (foreign / "train" / "mine.txt").write_text("user data")
     os.utime(old, (0, 0))
+    os.utime(foreign, (0, 0))
     monkeypatch.setattr(
         shapes, "generate_shapes_dataset", lambda out: shutil.copytree(dataset.root, out)
     )
-    ensure_shapes_dataset(tmp_path / "shapes")
+    with pytest.warns(UserWarning, match=r"kept .*0badf00d: it holds files"):
+        ensure_shapes_dataset(tmp_path / "shapes")
     assert sorted(p.name for p in tmp_path.iterdir()) == [
         ".shapes.lock",
         ".shapes.tmp-2-cafecafe",
+        ".shapes.tmp-3-0badf00d",
         "shapes",
     ]
+    assert (foreign / "train" / "mine.txt").read_text() == "user data"
+
+
+def _user_folder(root: Path) -> dict[str, str]:
+    """A folder of a user's own COCO data (json, images, notes); returns its file hashes."""
+    (root / "annotations").mkdir(parents=True)
+    (root / "annotations" / "instances_train.json").write_text('{"images": []}')
+    (root / "images").mkdir()
+    Image.new("RGB", (8, 8), (10, 20, 30)).save(root / "images" / "0001.jpg")
+    (root / "notes.txt").write_text("do not delete")
+    return _file_hashes(root)
+
+
+def test_user_folder_as_root_is_an_error_and_survives(tmp_path: Path, monkeypatch) -> None:
+    """Never delete what the generator did not create: the issue's data-loss case."""
+    root = tmp_path / "my_coco"
+    before = _user_folder(root)
+    monkeypatch.setattr(
+        shapes, "generate_shapes_dataset", lambda out: pytest.fail("must not generate")
+    )
+    with pytest.raises(shapes.ShapesRootError, match=r"my_coco is not empty and is not a Shapes"):
+        ensure_shapes_dataset(root)
+    assert _file_hashes(root) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["my_coco"]
+
+
+def test_generate_refuses_a_user_folder(tmp_path: Path) -> None:
+    root = tmp_path / "data"
+    before = _user_folder(root)
+    with pytest.raises(shapes.ShapesRootError, match="notes.txt|annotations"):
+        shapes.generate_shapes_dataset(root)
+    assert _file_hashes(root) == before
+
+
+def test_old_dataset_with_a_user_file_is_not_replaced(
+    dataset: ShapesPaths, tmp_path: Path, monkeypatch
+) -> None:
+    """An outdated dataset of ours that also holds a user's file is an error, not a cleanup."""
+    root = tmp_path / "shapes"
+    shutil.copytree(dataset.root, root)
+    (root / ".complete").write_text("shapes v1 train=320 val=64\n")
+    (root / "annotations" / "my_split.json").write_text("{}")
+    before = _file_hashes(root)
+    with pytest.raises(shapes.ShapesRootError, match=r"annotations/my_split.json"):
+        ensure_shapes_dataset(root)
+    assert _file_hashes(root) == before
+
+
+@pytest.mark.parametrize("kind", ["file", "empty_dir"])
+def test_file_root_is_an_error_and_empty_folder_is_used(
+    dataset: ShapesPaths, dataset_hashes: dict[str, str], tmp_path: Path, monkeypatch, kind: str
+) -> None:
+    root = tmp_path / "shapes"
+    monkeypatch.setattr(
+        shapes, "generate_shapes_dataset", lambda out: shutil.copytree(dataset.root, out)
+    )
+    if kind == "file":
+        root.write_text("mine")
+        with pytest.raises(shapes.ShapesRootError, match="is not a folder"):
+            ensure_shapes_dataset(root)
+        assert root.read_text() == "mine"
+    else:
+        root.mkdir()
+        assert ensure_shapes_dataset(root).root == str(root)
+        assert _file_hashes(root) == dataset_hashes
