@@ -8,16 +8,11 @@ perturbs the IoUs in the last bits).
 
 from __future__ import annotations
 
-import importlib
-
 import pytest
 import torch
 import torchvision
 
-from plugins.core.soft_nms import _run, batched_soft_nms, soft_nms
-
-# The module itself (the package re-exports a function of the same name).
-soft_nms_module = importlib.import_module("plugins.core.soft_nms")
+from plugins.core.soft_nms import batched_soft_nms, soft_nms
 
 
 def _mmcv_ops():
@@ -114,9 +109,6 @@ def test_soft_nms_ties_and_duplicates_match_mmcv(method, seed):
     for min_score in (0.001, 0.05):
         ours = soft_nms(boxes, scores, method, 0.5, 0.3, min_score)
         _assert_same(ours, _mmcv_soft(boxes, scores, method, 0.5, 0.3, min_score))
-        # The mmcv-exact engine also runs alone (it is the fallback after a detected tie).
-        forced = _run(boxes, scores, None, method, 0.5, 0.3, min_score, -1, force_exact=True)
-        _assert_same(forced, _mmcv_soft(boxes, scores, method, 0.5, 0.3, min_score))
 
 
 @pytest.mark.parametrize("method", ["gaussian", "linear"])
@@ -186,17 +178,6 @@ def test_soft_nms_max_detections_and_float64():
     torch.testing.assert_close(sc64.float(), full[1], rtol=1e-5, atol=1e-6)
 
 
-def test_soft_nms_no_sync_path_equals_cpu_path():
-    """The device path (fixed steps, no host sync, always compacting) gives the same result."""
-    boxes, scores, idxs = _detector_like(200, 5, num_classes=4)
-    scores[::7] = 0.0005  # some boxes below threshold from the start
-    for method in ("gaussian", "linear"):
-        a = _run(boxes, scores, idxs, method, 0.5, 0.3, 0.01, -1)
-        b = _run(boxes, scores, idxs, method, 0.5, 0.3, 0.01, -1, sync=False)
-        assert a[0].tolist() == b[0].tolist()
-        torch.testing.assert_close(a[1], b[1], rtol=0, atol=0)
-
-
 @pytest.mark.parametrize("method", ["gaussian", "linear"])
 @pytest.mark.parametrize("split_thr", [10000, 50])  # mmcv's offset path and per-class path
 def test_batched_soft_nms_matches_mmcv(method, split_thr):
@@ -208,22 +189,6 @@ def test_batched_soft_nms_matches_mmcv(method, split_thr):
     assert keep.tolist() == rkeep.tolist()
     torch.testing.assert_close(sc, dets[:, 4], rtol=1e-4, atol=1e-6)
     torch.testing.assert_close(boxes[keep], dets[:, :4])
-
-
-@pytest.mark.parametrize("method", ["gaussian", "linear"])
-def test_memory_bound_paths_match_mmcv(monkeypatch, method):
-    """Weight rows computed on the fly and many small class chunks (tiny memory bound)."""
-    monkeypatch.setattr(soft_nms_module, "_MAX_BLOCK", 300)
-    boxes, scores, idxs = _detector_like(120, 13, num_classes=3)
-    keep, sc = soft_nms(boxes, scores, method)
-    _assert_same((keep, sc), _mmcv_soft(boxes, scores, method, 0.5, 0.3, 0.001))
-    per_class = _run(boxes, scores, None, method, 0.5, 0.3, 0.001, -1, components=False)
-    _assert_same(per_class, _mmcv_soft(boxes, scores, method, 0.5, 0.3, 0.001))
-    bk, bs = batched_soft_nms(boxes, scores, idxs, method)
-    monkeypatch.undo()
-    ref_k, ref_s = batched_soft_nms(boxes, scores, idxs, method)
-    assert bk.tolist() == ref_k.tolist()
-    torch.testing.assert_close(bs, ref_s, rtol=0, atol=0)
 
 
 @pytest.mark.parametrize("method", ["gaussian", "linear"])
@@ -300,323 +265,90 @@ def test_bad_inputs_raise_value_error_naming_argument():
         batched_soft_nms(good_b, good_s, torch.zeros(3))
 
 
+@pytest.mark.parametrize("method", ["gaussian", "linear"])
+def test_batched_ties_across_and_within_classes_match_mmcv_per_class(method):
+    """Tied scores inside classes follow mmcv's slot order; across classes, class-id order."""
+    boxes, scores = _random_boxes(240, 21, tie_scores=True)
+    boxes[120:] = boxes[:120].clone()
+    idxs = torch.arange(240) % 6
+    keep, sc = batched_soft_nms(boxes, scores, idxs, method)
+    for cid in range(6):
+        where = torch.nonzero(idxs == cid).flatten()
+        mine = torch.isin(keep, where)
+        ref_k, ref_s = _mmcv_soft(boxes[where], scores[where], method, 0.5, 0.3, 0.001)
+        assert keep[mine].tolist() == where[ref_k].tolist()  # per-class order as mmcv
+        torch.testing.assert_close(sc[mine], ref_s, rtol=RTOL, atol=ATOL)
+    same = sc[1:] == sc[:-1]  # equal scores: ascending class id, then selection order
+    assert bool((idxs[keep][1:][same] >= idxs[keep][:-1][same]).all())
+
+
+def test_inputs_requiring_grad_and_half_precision():
+    boxes, scores, idxs = _detector_like(200, 22, num_classes=4)
+    ref = batched_soft_nms(boxes, scores, idxs)
+    keep, sc = batched_soft_nms(boxes.requires_grad_(), scores.requires_grad_(), idxs)
+    assert keep.tolist() == ref[0].tolist() and not sc.requires_grad
+    keep, sc = batched_soft_nms(boxes.detach().half(), scores.detach().half(), idxs)
+    assert sc.dtype == torch.float16 and keep.numel() > 0
+
+
 # ------------------------------------------------------------------------------------------
-# Device path (what CUDA tensors run): no host synchronisation inside
+# CUDA: the Triton kernel (tests/core/test_soft_nms_triton.py runs it on CPU, interpreted)
 # ------------------------------------------------------------------------------------------
 
-# Calls that make a CUDA stream wait for the host (a device-to-host copy or a data-dependent
-# output size).
-_SYNCING = {
-    "__bool__", "__int__", "__float__", "__index__", "item", "tolist", "numpy", "cpu",
-    "nonzero", "argwhere", "unique", "unique_consecutive", "masked_select",
-    "repeat_interleave",
-}  # fmt: skip
-
-
-class _HostSyncRecorder(torch.overrides.TorchFunctionMode):
-    """Records every torch call that would synchronise a CUDA device with the host."""
-
-    def __init__(self):
-        super().__init__()
-        self.calls = []
-
-    def __torch_function__(self, func, types, args=(), kwargs=None):
-        kwargs = kwargs or {}
-        name = getattr(func, "__name__", str(func))
-        syncs = name in _SYNCING
-        if name == "where" and len(args) + len(kwargs) == 1:
-            syncs = True  # torch.where(cond) is nonzero
-        if name in ("__getitem__", "__setitem__", "index_put_", "index_put"):
-            index = args[1] if len(args) > 1 else None
-            parts = index if isinstance(index, (tuple, list)) else (index,)
-            syncs = any(isinstance(i, torch.Tensor) and i.dtype == torch.bool for i in parts)
-        if name == "to" and any(str(a).startswith("cpu") for a in args[1:]):
-            syncs = True
-        if syncs:
-            self.calls.append(name)
-        return func(*args, **kwargs)
-
-
-def test_recorder_sees_syncing_calls():
-    x = torch.arange(6.0)
-    with _HostSyncRecorder() as rec:
-        _ = x[x > 2], torch.nonzero(x), x.sum().item(), bool(x.max() > 1), x.unique()
-        _ = x.sort(stable=True), x.cummax(0), x[torch.tensor([1, 2])], x.masked_fill(x > 1, 0)
-    assert rec.calls == ["__getitem__", "nonzero", "item", "__bool__", "unique"]
-
-
-@pytest.mark.parametrize("method", ["gaussian", "linear"])
-@pytest.mark.parametrize(("n", "num_classes"), [(60, 3), (700, 40)])
-def test_device_path_reads_two_pairs_and_equals_cpu_path(method, n, num_classes):
-    """The path CUDA tensors take, run on CPU: same result as the CPU path, and the only host
-    reads are the two documented ones (layout size before the solve; output length and tie
-    flag after it), whatever the number of boxes and greedy steps."""
-    boxes, scores, idxs = _detector_like(n, 21, num_objects=8, num_classes=num_classes)
-    scores[::9] = 0.0005
-    ref = _run(boxes, scores, idxs, method, 0.5, 0.3, 0.01, 50)
-    with _HostSyncRecorder() as rec:
-        got = _run(boxes, scores, idxs, method, 0.5, 0.3, 0.01, 50, sync=False)
-    assert rec.calls == ["tolist", "tolist"]
-    assert got[0].tolist() == ref[0].tolist()
-    torch.testing.assert_close(got[1], ref[1], rtol=0, atol=0)
-
-
-@pytest.mark.parametrize("method", ["gaussian", "linear"])
-def test_device_path_ties_rerun_the_exact_engine(method):
-    """Tied scores: the fast device engine reports the tie, the slot-exact engine reruns (one
-    more int read) and the result is mmcv's order, as on the CPU path."""
-    boxes, scores = _random_boxes(60, 44, scale=150.0, tie_scores=True)
-    idxs = torch.randint(0, 3, (60,), generator=torch.Generator().manual_seed(44))
-    with _HostSyncRecorder() as rec:
-        got = _run(boxes, scores, idxs, method, 0.5, 0.3, 0.001, -1, sync=False)
-    assert rec.calls == ["tolist", "tolist", "__int__"]
-    ref = _run(boxes, scores, idxs, method, 0.5, 0.3, 0.001, -1, components=False)
-    assert got[0].tolist() == ref[0].tolist()
-    torch.testing.assert_close(got[1], ref[1], rtol=0, atol=0)
-    single = _run(boxes, scores, None, method, 0.5, 0.3, 0.001, -1, sync=False)
-    _assert_same(single, _mmcv_soft(boxes, scores, method, 0.5, 0.3, 0.001))
-
-
-@pytest.mark.parametrize("exact", [False, True])
-@pytest.mark.parametrize("method", ["gaussian", "linear"])
-def test_device_engine_runs_on_meta_tensors(method, exact):
-    """Meta tensors have shapes but no data: any host read or data-dependent shape raises.
-    The layout and the whole greedy engine run on them, so nothing in them waits for data."""
-    n, num_classes, width = 64, 5, 20
-    meta = torch.device("meta")
-    boxes = torch.empty(n, 4, device=meta)
-    scores = torch.empty(n, device=meta)
-    idxs = torch.empty(n, dtype=torch.long, device=meta)
-    with pytest.raises((RuntimeError, NotImplementedError)):
-        torch.nonzero(scores)  # the premise: a data-dependent op fails on meta
-    order, cls, slot, counts, bounds = soft_nms_module._device_layout(idxs, n, meta)
-    assert bounds.shape == (2,)
-    keep, sc, num, tied = soft_nms_module._device_solve(
-        boxes, scores, order, cls, slot, counts, num_classes, width, method, 0.5, 0.3, 0.001, 30,
-        exact=exact,
-    )  # fmt: skip
-    assert keep.shape == sc.shape == (30,) and num.shape == tied.shape == ()
-    assert keep.device.type == "meta" and keep.dtype == torch.int64
-
-
-def test_device_layout_matches_unique():
-    _, _, idxs = _detector_like(200, 4, num_classes=9)
-    idxs = idxs * 5 - 7
-    order, cls, slot, counts, bounds = soft_nms_module._device_layout(idxs, 200, idxs.device)
-    _, inverse, r_counts = torch.unique(idxs, return_inverse=True, return_counts=True)
-    r_order = torch.argsort(inverse, stable=True)
-    r_cls = inverse[r_order]
-    r_slot = torch.arange(200) - (torch.cumsum(r_counts, 0) - r_counts)[r_cls]
-    assert bounds.tolist() == [r_counts.numel(), int(r_counts.max())]
-    assert order.tolist() == r_order.tolist() and cls.tolist() == r_cls.tolist()
-    assert slot.tolist() == r_slot.tolist()
-    assert counts[: r_counts.numel()].tolist() == r_counts.tolist()
-    assert int(counts[r_counts.numel() :].abs().sum()) == 0
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
 
 @pytest.mark.gpu
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-@pytest.mark.parametrize("exact", [False, True])
+@needs_cuda
 @pytest.mark.parametrize("method", ["gaussian", "linear"])
-def test_cuda_engine_does_not_synchronise(method, exact):
-    boxes, scores, idxs = _detector_like(2000, 3, num_objects=20, num_classes=80)
-    dev = torch.device("cuda")
-    b, s, i = boxes.to(dev), scores.to(dev), idxs.to(dev)
-    order, cls, slot, counts, bounds = soft_nms_module._device_layout(i, b.shape[0], dev)
-    num_classes, width = bounds.tolist()
+@pytest.mark.parametrize(
+    ("n", "num_classes", "tie"), [(500, 5, False), (3000, 80, False), (600, 3, True)]
+)
+def test_cuda_matches_cpu(method, n, num_classes, tie):
+    boxes, scores, idxs = _detector_like(n, 12, num_objects=30, num_classes=num_classes)
+    if tie:
+        scores = (scores * 4).round() / 4 + 0.01
+        boxes[n // 2 :] = boxes[: n - n // 2].clone()
+    a = batched_soft_nms(boxes, scores, idxs, method)
+    b = batched_soft_nms(boxes.cuda(), scores.cuda(), idxs.cuda(), method)
+    assert b[0].device.type == "cuda" and b[1].device.type == "cuda"
+    assert a[0].tolist() == b[0].cpu().tolist()
+    torch.testing.assert_close(a[1], b[1].cpu(), rtol=1e-6, atol=1e-7)
+    s = soft_nms(boxes.cuda(), scores.cuda(), method)
+    r = soft_nms(boxes, scores, method)
+    assert s[0].cpu().tolist() == r[0].tolist()
+
+
+@pytest.mark.gpu
+@needs_cuda
+@pytest.mark.parametrize("method", ["gaussian", "linear"])
+def test_cuda_kernel_does_not_synchronise(method):
+    from plugins.core.soft_nms_triton import soft_nms_padded
+
+    boxes, scores, idxs = _detector_like(5000, 3, num_objects=40, num_classes=80)
+    b, s, i = boxes.cuda(), scores.cuda(), idxs.cuda()
+    soft_nms_padded(b, s, i, method, 0.5, 0.3, 0.001)  # compile outside the checked region
     torch.cuda.synchronize()
     torch.cuda.set_sync_debug_mode("error")
     try:
-        keep, sc, num, tied = soft_nms_module._device_solve(
-            b, s, order, cls, slot, counts, num_classes, width, method, 0.5, 0.3, 0.001, -1,
-            exact=exact,
-        )  # fmt: skip
+        keep, sc, num = soft_nms_padded(b, s, i, method, 0.5, 0.3, 0.001)
     finally:
         torch.cuda.set_sync_debug_mode("default")
-    assert not bool(tied)
     k = int(num)
     ref = batched_soft_nms(boxes, scores, idxs, method)
     assert keep[:k].cpu().tolist() == ref[0].tolist()
-    torch.testing.assert_close(sc[:k].cpu(), ref[1], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(sc[:k].cpu(), ref[1], rtol=1e-6, atol=1e-7)
 
 
 @pytest.mark.gpu
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-def test_cuda_matches_cpu():
-    boxes, scores, idxs = _detector_like(500, 12, num_classes=5)
-    a = batched_soft_nms(boxes, scores, idxs)
-    b = batched_soft_nms(boxes.cuda(), scores.cuda(), idxs.cuda())
-    assert b[0].device.type == "cuda"
-    assert a[0].tolist() == b[0].cpu().tolist()
-    torch.testing.assert_close(a[1], b[1].cpu(), rtol=1e-5, atol=1e-6)
-
-
-# ------------------------------------------------------------------------------------------
-# Component path (CPU): each class split into connected components of its interaction graph
-# ------------------------------------------------------------------------------------------
-
-
-def _mmcv_per_class(boxes, scores, idxs, method, sigma=0.5, iou_thr=0.3, min_score=0.001):
-    """mmcv.ops.soft_nms class by class -> decayed score per input box (NaN: not kept)."""
-    ref = torch.full((boxes.shape[0],), float("nan"), dtype=scores.dtype)
-    for cid in idxs.unique():
-        where = torch.nonzero(idxs == cid).flatten()
-        k, s = _mmcv_soft(boxes[where], scores[where], method, sigma, iou_thr, min_score)
-        ref[where[k]] = s
-    return ref
-
-
-def _brute_components(boxes, idxs, method, iou_thr):
-    """Components by breadth-first search over all pairs whose decay weight is not 1."""
-    n = boxes.shape[0]
-    x1 = torch.maximum(boxes[:, None, 0], boxes[None, :, 0])
-    y1 = torch.maximum(boxes[:, None, 1], boxes[None, :, 1])
-    x2 = torch.minimum(boxes[:, None, 2], boxes[None, :, 2])
-    y2 = torch.minimum(boxes[:, None, 3], boxes[None, :, 3])
-    inter = (x2 - x1).clamp(min=0) * (y2 - y1).clamp(min=0)
-    area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
-    iou = inter / (area[:, None] + area[None, :] - inter)
-    adj = (inter > 0) if method == "gaussian" else (iou >= iou_thr)
-    adj &= idxs[:, None] == idxs[None, :]
-    label = [-1] * n
-    for root in range(n):
-        if label[root] >= 0:
-            continue
-        label[root], todo = root, [root]
-        while todo:
-            for j in torch.nonzero(adj[todo.pop()]).flatten().tolist():
-                if label[j] < 0:
-                    label[j] = root
-                    todo.append(j)
-    return torch.tensor(label)
-
-
-def _same_partition(a, b):
-    pairs_a = {(x, y) for x, y in zip(a.tolist(), b.tolist())}
-    return len(pairs_a) == len(set(a.tolist())) == len(set(b.tolist()))
-
-
-@pytest.mark.parametrize("method", ["gaussian", "linear"])
-@pytest.mark.parametrize("small_blocks", [False, True])
-def test_components_equal_brute_force(monkeypatch, method, small_blocks):
-    """The sweep finds exactly the connected components (lowest index labels each one)."""
-    if small_blocks:  # many pair blocks and several merges of the collected edges
-        monkeypatch.setattr(soft_nms_module, "_PAIR_BLOCK", 64)
-        monkeypatch.setattr(soft_nms_module, "_MERGE_EDGES", 32)
-    boxes, _, idxs = _detector_like(250, 21, num_objects=25, num_classes=4)
-    boxes[::9, 2] = boxes[::9, 0]  # some zero-width boxes: no edges
-    comp = soft_nms_module._components(boxes, idxs, method, 0.3)
-    ref = _brute_components(boxes, idxs, method, 0.3)
-    assert _same_partition(comp, ref)
-    first = torch.full((250,), 250).scatter_reduce(0, comp, torch.arange(250), "amin")
-    assert comp.tolist() == first[comp].tolist() and bool((comp <= torch.arange(250)).all())
-    assert 20 < len(set(comp.tolist())) < 250  # a real mix of components
-
-
-@pytest.mark.parametrize("method", ["gaussian", "linear"])
-@pytest.mark.parametrize("seed", [0, 1])
-def test_component_path_many_components_matches_mmcv(method, seed):
-    """Many small clusters per class: equal to the per-class path (bit for bit) and mmcv."""
-    boxes, scores, idxs = _detector_like(500, 30 + seed, num_objects=60, num_classes=6)
-    boxes = boxes * 4  # spread the objects: many separate components
-    keep, sc = batched_soft_nms(boxes, scores, idxs, method)
-    old = _run(boxes, scores, idxs, method, 0.5, 0.3, 0.001, -1, components=False)
-    assert keep.tolist() == old[0].tolist()
-    torch.testing.assert_close(sc, old[1], rtol=0, atol=0)
-    ours = torch.full((500,), float("nan"))
-    ours[keep] = sc
-    ref = _mmcv_per_class(boxes, scores, idxs, method)
-    torch.testing.assert_close(ours, ref, rtol=RTOL, atol=ATOL, equal_nan=True)
-
-
-@pytest.mark.parametrize("method", ["gaussian", "linear"])
-def test_component_path_one_giant_component_matches_mmcv(method):
-    """Every box overlaps every other: one component of the whole input."""
-    g = torch.Generator().manual_seed(40)
-    base = torch.tensor([100.0, 100.0, 300.0, 260.0])
-    boxes = base + torch.randn(400, 4, generator=g) * 12
-    scores = torch.rand(400, generator=g)
-    comp = soft_nms_module._components(boxes, torch.zeros(400, dtype=torch.long), method, 0.3)
-    assert set(comp.tolist()) == {0}
-    ours = soft_nms(boxes, scores, method)
-    _assert_same(ours, _mmcv_soft(boxes, scores, method, 0.5, 0.3, 0.001))
-
-
-@pytest.mark.parametrize("method", ["gaussian", "linear"])
-def test_component_path_isolated_and_touching_boxes_match_mmcv(method):
-    """A grid of boxes that at most share an edge (intersection 0): nothing decays."""
-    g = torch.Generator().manual_seed(41)
-    xy = torch.stack(torch.meshgrid(torch.arange(12.0), torch.arange(10.0), indexing="ij"), -1)
-    xy = xy.reshape(-1, 2) * 10
-    boxes = torch.cat([xy, xy + 10], 1)  # neighbours touch
-    scores = torch.rand(boxes.shape[0], generator=g)
-    idxs = torch.randint(0, 3, (boxes.shape[0],), generator=g)
-    keep, sc = soft_nms(boxes, scores, method)
-    _assert_same((keep, sc), _mmcv_soft(boxes, scores, method, 0.5, 0.3, 0.001))
-    assert sorted(keep.tolist()) == torch.nonzero(scores >= 0.001).flatten().tolist()
-    torch.testing.assert_close(sc, scores[keep], rtol=0, atol=0)
-    bk, bs = batched_soft_nms(boxes, scores, idxs, method)
-    ref_s, ref_k = torch.sort(scores, descending=True, stable=True)
-    assert bk.tolist() == ref_k[ref_s >= 0.001].tolist()
-
-
-@pytest.mark.parametrize("method", ["gaussian", "linear"])
-def test_component_path_ties_fall_back_to_mmcv_order(method):
-    """Equal decayed scores in one class (separate components, and inside one component):
-    the slot-exact per-class path decides the order, as mmcv."""
-    boxes, scores = _random_boxes(80, 42, scale=400.0, tie_scores=True)
-    idxs = torch.randint(0, 2, (80,), generator=torch.Generator().manual_seed(42))
-    tied = soft_nms_module._run_components(boxes, scores, idxs, method, 0.5, 0.3, 0.001, False)
-    assert tied is None  # the component path declines
-    keep, sc = batched_soft_nms(boxes, scores, idxs, method)
-    old = _run(boxes, scores, idxs, method, 0.5, 0.3, 0.001, -1, components=False)
-    assert keep.tolist() == old[0].tolist()
-    torch.testing.assert_close(sc, old[1], rtol=0, atol=0)
-    _assert_same(
-        soft_nms(boxes, scores, method), _mmcv_soft(boxes, scores, method, 0.5, 0.3, 0.001)
-    )
-
-
-@pytest.mark.parametrize("method", ["gaussian", "linear"])
-def test_shallow_classes_skip_the_component_search(monkeypatch, method):
-    """Classes of at most _SHALLOW_CLASS boxes go straight to the per-class path (cheaper);
-    deeper ones use the component search. Both give the same result."""
-    boxes, scores, idxs = _detector_like(300, 50, num_objects=12, num_classes=20)
-    assert int(torch.bincount(idxs).max()) <= soft_nms_module._SHALLOW_CLASS
-    calls = []
-    real = soft_nms_module._run_components
-    monkeypatch.setattr(soft_nms_module, "_run_components", lambda *a: calls.append(1) or real(*a))
-    shallow = batched_soft_nms(boxes, scores, idxs, method)
-    assert calls == []
-    forced = _run(boxes, scores, idxs, method, 0.5, 0.3, 0.001, -1, components=True)
-    assert calls == [1]
-    assert shallow[0].tolist() == forced[0].tolist()
-    torch.testing.assert_close(shallow[1], forced[1], rtol=0, atol=0)
-    batched_soft_nms(boxes, scores, idxs // 4, method)  # 5 classes of ~60 boxes
-    assert calls == [1, 1]
-
-
-def test_cpu_path_runs_on_one_thread_and_restores_the_count(monkeypatch):
-    """Hundreds of small ops: one intra-op thread (immune to busy cores), count restored."""
-    boxes, scores, idxs = _detector_like(100, 60, num_classes=3)
-    seen = []
-    real = soft_nms_module._run_host
-
-    def spy(*args):
-        seen.append(torch.get_num_threads())
-        if len(seen) == 2:
-            raise RuntimeError("boom")
-        return real(*args)
-
-    monkeypatch.setattr(soft_nms_module, "_run_host", spy)
-    before = torch.get_num_threads()
-    torch.set_num_threads(2)
-    try:
-        keep, _ = batched_soft_nms(boxes, scores, idxs)
-        assert keep.numel() > 0 and torch.get_num_threads() == 2
-        with pytest.raises(RuntimeError, match="boom"):
-            batched_soft_nms(boxes, scores, idxs)
-        assert torch.get_num_threads() == 2  # restored on the error path too
-    finally:
-        torch.set_num_threads(before)
-    assert seen == [1, 1]
+@needs_cuda
+def test_cuda_large_class_and_float64():
+    """One class far larger than a tile (the greedy loop walks several tiles per step)."""
+    boxes, scores, _ = _detector_like(3000, 4, num_objects=60)
+    for dtype in (torch.float32, torch.float64):
+        b, s = boxes.to(dtype), scores.to(dtype)
+        a = soft_nms(b, s, "gaussian")
+        c = soft_nms(b.cuda(), s.cuda(), "gaussian")
+        assert c[1].dtype == dtype
+        assert a[0].tolist() == c[0].cpu().tolist()
+        torch.testing.assert_close(a[1], c[1].cpu(), rtol=1e-6, atol=1e-7)
