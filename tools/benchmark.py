@@ -345,10 +345,13 @@ def _build_focal(p: dict, device: str, only: str | None = None) -> Bench:
     except ImportError as err:  # pragma: no cover - mmdet is in the project environment
         skipped["mmdet (py)"] = f"mmdet not importable ({err})"
     if device == "cuda":
-        from mmcv.ops import sigmoid_focal_loss as mmcv_focal
-
-        mm_labels = torch.where(positive, labels, p["classes"]).to(device)  # bg = num_classes
-        impls["mmcv (CUDA)"] = run(lambda: mmcv_focal(x, mm_labels, 2.0, 0.25, None, "sum"))
+        try:
+            from mmcv.ops import sigmoid_focal_loss as mmcv_focal
+        except ImportError as err:  # e.g. a device image without mmcv (tools/gpu_check.py)
+            skipped["mmcv (CUDA)"] = f"mmcv.ops not importable ({err})"
+        else:
+            mm_labels = torch.where(positive, labels, p["classes"]).to(device)  # bg = classes
+            impls["mmcv (CUDA)"] = run(lambda: mmcv_focal(x, mm_labels, 2.0, 0.25, None, "sum"))
     else:
         skipped["mmcv (CUDA)"] = (
             "CUDA kernel only; `python tools/benchmark.py --device cuda --cases focal_loss`"
@@ -524,11 +527,13 @@ def _build_effdet(p: dict, device: str, only: str | None = None) -> Bench:
     from plugins.core.variants import EFFICIENTDET_VARIANTS
 
     train = p["mode"] != "inference"
-    cfg = effdet.get_efficientdet_config("tf_efficientdet_d0")
+    name = p.get("variant", "d0")  # optional keys (tools/gpu_check.py): variant, amp, channels_last
+    amp = p.get("amp") == "bf16"  # bf16 autocast around the forward
+    cfg = effdet.get_efficientdet_config(f"tf_efficientdet_{name}")
     cfg.image_size = (p["size"], p["size"])
     # stochastic depth off on both sides: a training step must be deterministic to compare
     cfg.backbone_args = dict(cfg.backbone_args, drop_path_rate=0.0)
-    variant = dataclasses.replace(EFFICIENTDET_VARIANTS["efficientdet_d0"], drop_path_rate=0.0)
+    variant = dataclasses.replace(EFFICIENTDET_VARIANTS[f"efficientdet_{name}"], drop_path_rate=0.0)
     torch.manual_seed(6)
     ref = effdet.EfficientDet(cfg, pretrained_backbone=False)
     _randomise_bn_(ref, 7)
@@ -543,6 +548,11 @@ def _build_effdet(p: dict, device: str, only: str | None = None) -> Bench:
             net.to(device).train(train)
     g = torch.Generator().manual_seed(8)
     images = torch.randn(p["batch"], 3, p["size"], p["size"], generator=g).to(device)
+    if p.get("channels_last"):  # both networks (ours is channels-last by default)
+        for net in nets.values():
+            if net is not None:
+                net.to(memory_format=torch.channels_last)
+        images = images.contiguous(memory_format=torch.channels_last)
 
     def run(name):
         net = nets[name]
@@ -553,7 +563,9 @@ def _build_effdet(p: dict, device: str, only: str | None = None) -> Bench:
 
         def step():
             net.zero_grad(set_to_none=True)
-            loss = simple_detection_loss(*net(images))
+            with torch.autocast(device, dtype=torch.bfloat16, enabled=amp):
+                outputs = net(images)
+            loss = simple_detection_loss(*outputs)
             loss.backward()
             return loss
 
@@ -584,6 +596,18 @@ def _build_effdet(p: dict, device: str, only: str | None = None) -> Bench:
         b = torch.cat([ref_params[k].grad.flatten().double() for k in keys])
         cosine = torch.nn.functional.cosine_similarity(a, b, dim=0).item()
         worst = ((a - b).abs().max() / b.abs().max()).item()
+        if amp:
+            # bf16 rounding dominates the gradients of this loss at random init: each network's
+            # own bf16 vs float32 gradient cosine was 0.08 (ours) and 0.45 (effdet) at D0,
+            # 128 px, batch 4 (CPU, measured). So the loss and finite gradients are asserted;
+            # the float32 rows check the gradients.
+            assert loss_diff < 2e-2 and bool(a.isfinite().all() and b.isfinite().all()), (
+                f"AMP training step differs: loss {loss_diff:.2e} or non-finite gradients"
+            )
+            return (
+                f"bf16 loss rel diff {loss_diff:.1e} (tol 2e-2), gradients finite; gradient "
+                f"cosine {cosine:.2f} (not asserted: bf16 noise)"
+            )
         assert loss_diff < 1e-4 and cosine > 0.999, (
             f"training step differs: loss {loss_diff:.2e}, gradient cosine {cosine:.6f}"
         )
@@ -607,15 +631,21 @@ def _effdet_gpu_rows(quick: bool, device: str) -> list[dict]:
     variants = ("d0",) if quick else ("d0", "d1", "d2", "d3")
     batches = (1, 8) if quick else (1, 64)
     return [
-        dict(variant=v, batch=b, compiled=c)
+        dict(variant=v, batch=b, dtype=d, compiled=c)
         for v in variants
         for b in batches
+        for d in ("bf16", "fp32")
         for c in (False, True)
     ]
 
 
 def _build_effdet_gpu(p: dict, device: str, only: str | None = None) -> Bench:
-    """bf16 autocast + channels_last inference, ours vs effdet with the same weights."""
+    """channels_last inference, ours vs effdet with the same weights.
+
+    ``p``: ``variant`` ("d0"...), ``batch``, ``compiled`` (``torch.compile(dynamic=False)``),
+    ``dtype`` ("bf16": bf16 autocast, the default; "fp32": no autocast), ``size`` (default:
+    the variant's image size).
+    """
     import effdet
 
     from plugins.convert.effdet import convert_effdet_state_dict
@@ -623,24 +653,29 @@ def _build_effdet_gpu(p: dict, device: str, only: str | None = None) -> Bench:
 
     name = f"efficientdet_{p['variant']}"
     cfg = effdet.get_efficientdet_config(f"tf_{name}")
+    size = p.get("size") or cfg.image_size[0]
+    cfg.image_size = (size, size)  # effdet plans its BiFPN resampling from it
+    bf16 = p.get("dtype", "bf16") == "bf16"
     torch.manual_seed(6)
     ref = effdet.EfficientDet(cfg, pretrained_backbone=False)
     ours = EfficientDet(name)
     ours.load_state_dict(convert_effdet_state_dict(ref.state_dict(), name), strict=True)
-    size = cfg.image_size[0]
     images = torch.randn(p["batch"], 3, size, size, device=device)
     images = images.to(memory_format=torch.channels_last)
     nets = {}
     for key, net in (("ours", ours), ("effdet", ref)):
         net = net.eval().to(device).to(memory_format=torch.channels_last)
-        nets[key] = torch.compile(net) if p["compiled"] else net
+        nets[key] = torch.compile(net, dynamic=False) if p["compiled"] else net
 
     def run(net):
         def call():
-            with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16):
+            with torch.no_grad(), torch.autocast(device, dtype=torch.bfloat16, enabled=bf16):
                 return net(images)
 
         return call
+
+    # float32 on CUDA: cuDNN may run the convolutions in TF32 (torch's default)
+    tol = 5e-2 if bf16 else (1e-2 if device == "cuda" else 1e-4)
 
     def compare(outs: dict) -> str:
         worst = max(
@@ -649,8 +684,9 @@ def _build_effdet_gpu(p: dict, device: str, only: str | None = None) -> Bench:
                 outs["ours"][0] + outs["ours"][1], outs["effdet"][0] + outs["effdet"][1]
             )
         )
-        assert worst < 5e-2, f"bf16 outputs differ: {worst:.2e}"
-        return f"bf16 max rel diff {worst:.1e} (tol 5e-2)"
+        kind = "bf16" if bf16 else "fp32"
+        assert worst < tol, f"{kind} outputs differ: {worst:.2e}"
+        return f"{kind} max rel diff {worst:.1e} (tol {tol:g})"
 
     impls = {k: run(v) for k, v in nets.items() if only in (None, k)}
     return Bench(impls, compare)
@@ -948,7 +984,7 @@ CASES: dict[str, Case] = {
         ),
         Case(
             "efficientdet_gpu",
-            "5b. EfficientDet D0-D3 on GPU (bf16, channels_last, +/- torch.compile)",
+            "5b. EfficientDet D0-D3 on GPU (bf16 / fp32, channels_last, +/- torch.compile)",
             _effdet_gpu_rows,
             _build_effdet_gpu,
             "report images/s",
