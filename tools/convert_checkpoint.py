@@ -43,6 +43,16 @@ from typing import Any
 
 import torch
 
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from plugins.safe_load import (  # noqa: E402
+    CheckpointError,
+    load_checkpoint_file,
+    register_installed_framework_types,
+    save_checkpoint_file,
+)
+
+register_installed_framework_types()  # mmengine checkpoints hold HistoryBuffer objects
+
 __all__ = [
     "PREFIXES",
     "detect_arch",
@@ -235,6 +245,7 @@ def convert_file(
     to: str | None = None,
     arch: str | None = None,
     use_ema: bool = False,
+    overwrite: bool = False,
 ) -> str:
     """Convert the checkpoint file ``src`` and save it as ``dst``.
 
@@ -245,14 +256,18 @@ def convert_file(
             ``state_dict`` -> ``"d2"``). Default ``None``.
         arch: ``"efficientdet"`` / ``"cornernet"`` or ``None`` to detect. Default ``None``.
         use_ema: carry EMA weights (see the module docstring). Default ``False``.
+        overwrite: replace an existing ``dst``. Default ``False`` (an existing ``dst`` is an
+            error; ``dst`` may never be ``src``).
 
     Returns:
         The direction used, ``"mm"`` or ``"d2"``.
 
     Raises:
         ValueError: the input is neither layout, or an invalid ``to``.
+        CheckpointError: the input is unreadable, or needs types outside the allow-list.
+        FileExistsError: ``dst`` exists (without ``overwrite``) or is ``src``.
     """
-    checkpoint = torch.load(src, map_location="cpu", weights_only=False)
+    checkpoint = load_checkpoint_file(src)  # weights only, allow-list (plugins.safe_load)
     if not isinstance(checkpoint, Mapping):
         raise ValueError(f"src: expected a checkpoint dict, got {type(checkpoint).__name__}")
     if to is None:
@@ -271,10 +286,7 @@ def convert_file(
         out = d2_to_mm_checkpoint(checkpoint, arch, use_ema)
     else:
         out = mm_to_d2_checkpoint(checkpoint, arch, use_ema)
-    parent = os.path.dirname(os.fspath(dst))
-    if parent:
-        os.makedirs(parent, exist_ok=True)
-    torch.save(out, dst)
+    save_checkpoint_file(out, dst, overwrite=overwrite, inputs=[src])
     return to
 
 
@@ -290,10 +302,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--arch", choices=sorted(PREFIXES), default=None, help="default: detected from the keys"
     )
     parser.add_argument("--ema", action="store_true", help="carry the EMA weights over too")
+    parser.add_argument("--overwrite", action="store_true", help="replace dst if it exists")
     args = parser.parse_args(argv)
     try:
-        to = convert_file(args.src, args.dst, args.to, args.arch, args.ema)
-    except ValueError as err:
+        to = convert_file(args.src, args.dst, args.to, args.arch, args.ema, args.overwrite)
+    except (ValueError, CheckpointError, FileExistsError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     print(f"wrote {args.dst} ({'MMDetection' if to == 'mm' else 'Detectron2'} layout)")

@@ -31,6 +31,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from plugins.convert.effdet import KeyMismatchError, convert_effdet_state_dict  # noqa: E402
 from plugins.core.efficientdet import EfficientDet  # noqa: E402
 from plugins.core.variants import EFFICIENTDET_VARIANTS  # noqa: E402
+from plugins.safe_load import (  # noqa: E402
+    CheckpointError,
+    load_checkpoint_file,
+    save_checkpoint_file,
+)
 
 # The sibling tool, imported from this directory: pb1-detectron2 installs detectron2's own
 # top-level "tools" package into site-packages, which shadows `import tools.convert_checkpoint`.
@@ -83,9 +88,9 @@ def _load(path: Path, ema: bool) -> dict:
     if not path.is_file():
         raise SystemExit(f"error: input checkpoint {str(path)!r} does not exist")
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # corrupt file, wrong format, pickled code
-        raise SystemExit(f"error: cannot read checkpoint {str(path)!r}: {exc}") from exc
+        obj = load_checkpoint_file(path)
+    except CheckpointError as exc:  # corrupt file, wrong format, pickled code (refused)
+        raise SystemExit(f"error: {exc}") from exc
     if isinstance(obj, dict):
         keys = ("state_dict_ema", "state_dict", "model") if ema else ("state_dict", "model")
         for key in keys:
@@ -123,6 +128,9 @@ def main(argv: list[str] | None = None) -> int:
         default="core",
         help="output layout: bare core state dict, Detectron2 or mmengine checkpoint",
     )
+    parser.add_argument(
+        "--overwrite", action="store_true", help="replace the output file if it exists"
+    )
     parser.add_argument("input", type=Path, help="effdet checkpoint (.pth)")
     parser.add_argument("output", type=Path, help="where to write the converted state dict")
     args = parser.parse_args(argv)
@@ -157,12 +165,19 @@ def main(argv: list[str] | None = None) -> int:
                 lines.extend(f"    {item}" for item in items)
         raise SystemExit("\n".join(lines))
 
-    args.output.parent.mkdir(parents=True, exist_ok=True)
     if args.format != "core" and num_classes == 90:
         converted = coco90_to_coco80(converted, variant.num_anchors)
         num_classes = 80
         print("class head: 90 COCO ids -> the 80 used COCO categories (framework label order)")
-    torch.save(core_to_framework_checkpoint(converted, args.format), args.output)
+    try:
+        save_checkpoint_file(
+            core_to_framework_checkpoint(converted, args.format),
+            args.output,
+            overwrite=args.overwrite,
+            inputs=[args.input],
+        )
+    except FileExistsError as exc:
+        raise SystemExit(f"error: {exc}") from exc
     print(
         f"wrote {len(converted)} tensors ({args.variant}, {num_classes} classes, "
         f"{args.format} layout) to {args.output}"
