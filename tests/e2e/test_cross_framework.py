@@ -28,6 +28,7 @@ import plugins.mm  # noqa: F401  (registration)
 import plugins.mm.cornernet  # noqa: F401  (registration)
 from plugins.core.hourglass import HOURGLASS_TINY
 from plugins.d2 import add_plugins_config
+from plugins.safe_load import load_checkpoint_file
 
 REPO = Path(__file__).resolve().parents[2]
 NUM_CLASSES = 6
@@ -247,7 +248,7 @@ def test_d2_to_mm(arch, tmp_path):
     src, dst = tmp_path / "d2.pth", tmp_path / "mm.pth"
     torch.save({"model": d2_model.state_dict(), "iteration": 7}, src)
     assert convert.main([str(src), str(dst)]) == 0
-    checkpoint = torch.load(dst, map_location="cpu", weights_only=False)
+    checkpoint = load_checkpoint_file(dst)
     assert set(checkpoint) == {"state_dict", "meta"}
     assert checkpoint["meta"]["arch"] == arch
 
@@ -267,7 +268,7 @@ def test_mm_to_d2(arch, tmp_path):
     src, dst = tmp_path / "mm.pth", tmp_path / "d2.pth"
     torch.save({"state_dict": mm_model.state_dict(), "meta": {"epoch": 1}}, src)
     assert convert.main([str(src), str(dst)]) == 0
-    checkpoint = torch.load(dst, map_location="cpu", weights_only=False)
+    checkpoint = load_checkpoint_file(dst)
     assert set(checkpoint) == {"model"}
 
     torch.manual_seed(3)

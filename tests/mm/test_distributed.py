@@ -8,7 +8,9 @@ import sys
 from pathlib import Path
 
 import mmdet.models  # noqa: F401  (installed by tools/setup_env.sh; fail loudly if broken)
-import torch
+
+import plugins.mm  # noqa: F401  (allow-list of mmengine checkpoint types)
+from plugins.safe_load import load_checkpoint_file
 
 REPO = Path(__file__).resolve().parents[2]
 DEMO = REPO / "configs" / "mmdet" / "demo" / "efficientdet_shapes.py"
@@ -54,7 +56,7 @@ def test_two_process_gloo_training(tmp_path):
     (tmp_path / "run.log").write_text(log)
     # mmengine's runtime-environment banner (world size is printed as "GPU number")
     assert "Distributed training: True" in log and "GPU number: 2" in log
-    ckpt = torch.load(work / "epoch_1.pth", map_location="cpu", weights_only=False)
+    ckpt = load_checkpoint_file(work / "epoch_1.pth")
     # 8 images / (2 processes x 2 per batch) = 2 iterations, all processes in step
     assert (ckpt["meta"]["epoch"], ckpt["meta"]["iter"]) == (1, 2)
     assert "coco/bbox_mAP_50" in log

@@ -11,7 +11,9 @@ from pathlib import Path
 
 import mmdet.models  # noqa: F401  (installed by tools/setup_env.sh; fail loudly if broken)
 import pytest
-import torch
+
+import plugins.mm  # noqa: F401  (allow-list of mmengine checkpoint types)
+from plugins.safe_load import load_checkpoint_file
 
 REPO = Path(__file__).resolve().parents[2]
 TRAIN = REPO / "tools" / "mm_train.py"
@@ -78,7 +80,7 @@ def test_train_evaluate_resume_and_test(tmp_path):
     assert first.returncode == 0, first.stderr[-4000:]
     log = first.stdout + first.stderr
     assert "coco/bbox_mAP_50" in log  # CocoMetric ran on the val split
-    ckpt1 = torch.load(work / "epoch_1.pth", map_location="cpu", weights_only=False)
+    ckpt1 = load_checkpoint_file(work / "epoch_1.pth")
     assert (ckpt1["meta"]["epoch"], ckpt1["meta"]["iter"]) == (1, 2)
     assert any(k.startswith("bbox_head.class_net.") for k in ckpt1["state_dict"])
 
@@ -96,7 +98,7 @@ def test_train_evaluate_resume_and_test(tmp_path):
     assert second.returncode == 0, second.stderr[-4000:]
     log = second.stdout + second.stderr
     assert "resumed epoch: 1, iter: 2" in log
-    ckpt2 = torch.load(work / "epoch_2.pth", map_location="cpu", weights_only=False)
+    ckpt2 = load_checkpoint_file(work / "epoch_2.pth")
     assert (ckpt2["meta"]["epoch"], ckpt2["meta"]["iter"]) == (2, 4)
 
     out = tmp_path / "preds.pkl"
@@ -146,7 +148,8 @@ def test_missing_data_root_exits_with_path_and_shapes_hint(capsys, tmp_path):
         train, [str(D0), "--cfg-options", f"train_dataloader.dataset.data_root={missing}"], capsys
     )
     assert missing in err and "data_root" in err
-    assert "PluginsShapesDataset" in err and "efficientdet_shapes.py" in err
+    assert "tools/mm_train.py configs/mmdet/demo/efficientdet_shapes.py" in err
+    assert "configs/mmdet/own_data/efficientdet_d0_coco.py" in err
 
 
 def test_corrupt_checkpoint_exits_naming_it(capsys, tmp_path):
