@@ -9,7 +9,8 @@ New nodes:
 
 - ``MODEL.EFFICIENTDET``: variant, classes, label assignment, losses and test-time candidates of
   the :class:`~plugins.d2.efficientdet.EfficientDet` meta-architecture.
-- ``MODEL.NMS``: test-time NMS of ``EfficientDet`` and ``RetinaNetPlus`` (hard or Soft-NMS).
+- ``MODEL.NMS``: test-time NMS of ``EfficientDet`` and ``RetinaNetPlus`` (hard or Soft-NMS), and
+  the Soft-NMS switch of Detectron2's own detectors (:mod:`plugins.d2.soft_nms`).
 - ``MODEL.EMA``: exponential moving average of the weights (:mod:`plugins.d2.ema`).
 - ``MODEL.RETINANET`` gains ``CLS_LOSS_TYPE``, ``HUBER_DELTA`` and ``BOX_LOSS_WEIGHT`` (read by
   :class:`~plugins.d2.retinanet.RetinaNetPlus`).
@@ -105,7 +106,11 @@ def _add_nms_config(cfg: CN) -> None:
     cfg.MODEL.NMS = node = CN()
     # Test-time NMS of EfficientDet and RetinaNetPlus: "hard" (torchvision batched NMS),
     # "linear" or "gaussian" (Soft-NMS, plugins.core.soft_nms.batched_soft_nms; per class).
+    # "linear" / "gaussian" also switch Detectron2's own R-CNN ROI heads (Faster / Mask /
+    # Cascade R-CNN) and RetinaNet to Soft-NMS (plugins.d2.soft_nms).
     node.TYPE = "hard"
+    # Detectron2's RPN: Soft-NMS on its test-time proposals too (TYPE "linear" / "gaussian").
+    node.APPLY_TO_RPN = False
     # IoU threshold of hard NMS and of linear Soft-NMS (RetinaNetPlus with TYPE "hard" keeps
     # using MODEL.RETINANET.NMS_THRESH_TEST).
     node.IOU_THRESHOLD = 0.5
