@@ -53,6 +53,9 @@ xarray xxhash yarl zipp
 """.split()
 )
 
+# Local distribution -> the device's one that provides the same modules.
+_SAME_MODULES = {"opencv-python": "opencv-python-headless"}
+
 # Carried packages -> a module each must be imported from the target folder.
 CARRIED = {
     "detectron2": "detectron2",
@@ -81,7 +84,7 @@ def blocked_modules(target: Path) -> set[str]:
     for module, dists in importlib.metadata.packages_distributions().items():
         if module in sys.stdlib_module_names or module == "plugins":
             continue
-        names = {_norm(d) for d in dists}
+        names = {_SAME_MODULES.get(_norm(d), _norm(d)) for d in dists}
         if not names & allowed and not any(n.startswith("nvidia-") for n in names):
             blocked.add(module)
     return blocked
