@@ -135,13 +135,9 @@ def check_model_types(cfg, config_path: str) -> None:
 
 def _datasets(node, where: str) -> Iterator[tuple[str, dict]]:
     """Dataset configs inside a dataloader's ``dataset`` (through wrappers)."""
-    if not isinstance(node, dict):
-        return
-    yield where, node
-    if isinstance(node.get("dataset"), dict):
-        yield from _datasets(node["dataset"], f"{where}.dataset")
-    for i, sub in enumerate(node.get("datasets") or []):
-        yield from _datasets(sub, f"{where}.datasets[{i}]")
+    from plugins.mm.data_check import iter_dataset_configs
+
+    return iter_dataset_configs(node, where)
 
 
 def _is_generated_dataset(type_name) -> bool:
@@ -158,7 +154,9 @@ def check_data(
 ) -> None:
     """The data roots, annotation files and evaluator annotation files must exist.
 
-    Datasets of type ``PluginsShapesDataset`` are generated on first use and skipped.
+    Datasets of type ``PluginsShapesDataset`` are generated on first use and skipped. Then
+    the contents of every COCO dataset are checked and the bad boxes dropped
+    (:func:`plugins.mm.data_check.prepare_datasets`).
 
     Raises:
         ConfigProblem: names the missing path, the config key and the Shapes alternative.
@@ -196,6 +194,13 @@ def check_data(
                     f"config {config_path}: evaluator annotation file {ann!r} "
                     f"({where}.ann_file) does not exist. {SHAPES_HINT}"
                 )
+    from plugins.data.check import DatasetCheckError
+    from plugins.mm.data_check import prepare_datasets
+
+    try:  # json, ids, categories, images, boxes, num_classes; bad boxes dropped on load
+        prepare_datasets(cfg, loaders, evaluators)
+    except DatasetCheckError as exc:
+        raise ConfigProblem(f"config {config_path}: {exc}") from exc
 
 
 def check_checkpoint(path: str, what: str = "checkpoint") -> None:

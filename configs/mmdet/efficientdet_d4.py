@@ -34,6 +34,7 @@ train_pipeline = [
 ]
 test_pipeline = [
     dict(type="LoadImageFromFile", backend_args=None),
+    dict(type="PluginsCheckImage", scale=(image_size, image_size)),  # grayscale, shape checks
     dict(type="Resize", scale=(image_size, image_size), keep_ratio=True),
     dict(type="LoadAnnotations", with_bbox=True),
     dict(

@@ -8,10 +8,29 @@ Importing this package registers every component (configs do it with
   ``PluginsAlphaBalancedBCELoss``, ``PluginsGaussianFocalLoss``, ``PluginsHuberLoss``,
   ``PluginsSmoothL1Loss``, and the CornerNet components of :mod:`plugins.mm.cornernet`.
 * ``TASK_UTILS``: ``PluginsEfficientDetAnchorGenerator``, ``PluginsEfficientDetBoxCoder``.
-* ``DATASETS``: ``PluginsShapesDataset``; ``METRICS``: ``PluginsShapesMetric``.
+* ``DATASETS``: ``PluginsShapesDataset``, ``PluginsCocoDataset``; ``METRICS``:
+  ``PluginsShapesMetric``, ``PluginsCocoMetric`` (checked data, bad boxes dropped:
+  :mod:`plugins.mm.data_check`).
+* ``TRANSFORMS``: ``PluginsCheckImage``, inference inputs (:mod:`plugins.mm.image_input`).
 * Test-time NMS: ``test_cfg.nms.type="plugins_soft_nms"`` (:mod:`plugins.mm.soft_nms`).
 """
 
-from plugins.mm import cornernet, datasets, efficientdet, losses, soft_nms  # noqa: F401
+from plugins.mm import (  # noqa: F401
+    cornernet,
+    data_check,
+    datasets,
+    efficientdet,
+    image_input,
+    losses,
+    soft_nms,
+)
 
-__all__ = ["cornernet", "datasets", "efficientdet", "losses", "soft_nms"]
+__all__ = [
+    "cornernet",
+    "data_check",
+    "datasets",
+    "efficientdet",
+    "image_input",
+    "losses",
+    "soft_nms",
+]

@@ -23,11 +23,11 @@ from __future__ import annotations
 import os
 
 from mmdet.datasets import CocoDataset
-from mmdet.evaluation import CocoMetric
 from mmdet.registry import DATASETS, METRICS
 
 from plugins.core._validate import check_choice
 from plugins.data.shapes import SHAPES_CLASSES, ShapesPaths, ensure_shapes_dataset
+from plugins.mm.data_check import PluginsCocoDataset, PluginsCocoMetric
 
 __all__ = [
     "SHAPES_METAINFO",
@@ -57,8 +57,8 @@ def shapes_paths(data_root: str | os.PathLike | None = None) -> ShapesPaths:
 
 
 @DATASETS.register_module()
-class PluginsShapesDataset(CocoDataset):
-    """mmdet ``CocoDataset`` over one split of the embedded Shapes dataset.
+class PluginsShapesDataset(PluginsCocoDataset):
+    """mmdet ``CocoDataset`` over one split of the embedded Shapes dataset (checked on load).
 
     Paper of the format: `Microsoft COCO <https://arxiv.org/abs/1405.0312>`_. The images and
     annotations are generated on first use (a few seconds), deterministically.
@@ -89,7 +89,7 @@ class PluginsShapesDataset(CocoDataset):
 
 
 @METRICS.register_module()
-class PluginsShapesMetric(CocoMetric):
+class PluginsShapesMetric(PluginsCocoMetric):
     """mmdet ``CocoMetric`` on a split of the embedded Shapes dataset.
 
     Args:

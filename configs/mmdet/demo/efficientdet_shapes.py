@@ -87,6 +87,7 @@ train_pipeline = [
 ]
 test_pipeline = [
     dict(type="LoadImageFromFile"),
+    dict(type="PluginsCheckImage", scale=(image_size, image_size)),  # grayscale, shape checks
     dict(type="Resize", scale=(image_size, image_size), keep_ratio=True),
     dict(type="LoadAnnotations", with_bbox=True),
     dict(

@@ -65,6 +65,7 @@ train_pipeline = [
 ]
 test_pipeline = [
     dict(type="LoadImageFromFile"),
+    dict(type="PluginsCheckImage", scale=(320, image_size)),  # grayscale, shape checks
     dict(type="Resize", scale=(320, image_size), keep_ratio=True),
     dict(type="LoadAnnotations", with_bbox=True),
     dict(
