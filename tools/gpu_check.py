@@ -113,8 +113,6 @@ PART_NAMES = [p.name for p in PARTS]
 _DRY_RUN_SECOND_LANE = ("effdet_train", "cornernet", "d2_train")
 _SHARE = {p.name: p.share for p in PARTS}
 
-OUTPUT_FILES = ("gpu_check.md", "gpu_check.json", "pytest_gpu.xml", "d2_train.log")
-
 
 def part_deadline(now: float, end: float, names: list[str]) -> float:
     """Deadline of ``names[0]``: its share of the time left among ``names`` (still to run)."""
@@ -518,7 +516,7 @@ def _effdet_inference(ctx: Ctx, rec: Recorder, compiled: bool) -> None:
 
     bm = _bm()
     torch.backends.cudnn.benchmark = True  # fixed shapes: let cuDNN pick its kernels (both nets)
-    ctx.timing(repeats=10, warmup=2)
+    ctx.timing(repeats=7, warmup=2)
     for p in _effdet_rows(ctx, compiled):
         config = _effdet_config(p)
         measure(ctx, rec, config, lambda p=p: bm._build_effdet_gpu(p, ctx.device), p["batch"])
@@ -537,30 +535,43 @@ def part_effdet_compile(ctx: Ctx, rec: Recorder) -> None:
     _effdet_inference(ctx, rec, compiled=True)
 
 
-def _largest_batch(ctx: Ctx, p: dict, impl: str, candidates: tuple[int, ...]) -> int:
-    """Largest of ``candidates`` (ascending) whose training step runs without CUDA OOM."""
+def _fits(ctx: Ctx, p: dict, impl: str, batch: int) -> bool:
+    """Whether one training step of ``impl`` at ``batch`` runs without CUDA running out of memory."""
     import torch
 
     bm = _bm()
-    best = 0
-    for b in candidates:
-        if not ctx.has_time():
+    t0 = time.time()
+    bench = None
+    try:
+        bench = bm._build_effdet(dict(p, batch=batch), ctx.device, impl)
+        bench.impls[impl]()
+        if ctx.cuda:
+            torch.cuda.synchronize()
+        return True
+    except torch.cuda.OutOfMemoryError:
+        return False
+    finally:
+        del bench
+        _free_memory()
+        ctx.last_row_s = time.time() - t0
+
+
+def _train_batch(ctx: Ctx, p: dict, candidates: tuple[int, ...]) -> tuple[int, int, str]:
+    """(ours' largest of ``candidates`` that fits, the batch both fit, a note)."""
+    ours = 0
+    for batch in candidates:  # ascending: stop at the first that does not fit (or at the cap)
+        if not ctx.has_time() or not _fits(ctx, p, "ours", batch):
             break
-        t0 = time.time()
-        bench = None
-        try:
-            bench = bm._build_effdet(dict(p, batch=b), ctx.device, impl)
-            bench.impls[impl]()
-            if ctx.cuda:
-                torch.cuda.synchronize()
-            best = b
-        except torch.cuda.OutOfMemoryError:
-            break
-        finally:
-            del bench
-            _free_memory()
-            ctx.last_row_s = time.time() - t0
-    return best
+        ours = batch
+    both = ours
+    while both >= candidates[0] and not _fits(ctx, p, "effdet", both):
+        both //= 2  # effdet needs more memory: measure both where both fit
+    both = both if both >= candidates[0] else 0
+    note = f"ours: largest of {candidates} that fits {ours or 'none'}"
+    if ours == candidates[-1]:
+        note += " (the largest tried)"
+    note += f"; effdet fits {both or 'none'}" + (" too" if both == ours else "")
+    return ours, both, note
 
 
 def part_effdet_train(ctx: Ctx, rec: Recorder) -> None:
@@ -577,27 +588,23 @@ def part_effdet_train(ctx: Ctx, rec: Recorder) -> None:
         size = 64 if ctx.quick else EFFICIENTDET_VARIANTS[f"efficientdet_{v}"].image_size
         p = dict(mode="train step", variant=v, size=size, amp="bf16", channels_last=True)
         label = f"{v.upper()}, {size} px, AMP bf16, channels-last"
+        if not ctx.has_time():
+            rec.skip(label, ctx.out_of_time())
+            continue
         try:
-            largest = {
-                impl: _largest_batch(ctx, p, impl, candidates) for impl in ("ours", "effdet")
-            }
+            _, batch, note = _train_batch(ctx, p, candidates)
         except Exception as err:  # noqa: BLE001 - recorded; the next variant runs
             rec.fail(f"{label}: batch search", err)
             if ctx.cuda and not _cuda_healthy():
                 raise CudaBroken(str(err)) from err
             continue
-        batch = min(largest.values())
+        rec.result(f"{label}: batch", note)
         if batch == 0:
-            rec.skip(label, f"no batch of {candidates} fitted in time or memory: {largest}")
+            rec.skip(label, f"no batch fitted in time or memory ({note})")
             continue
-        rec.result(
-            f"{label}: largest batch tried that fits",
-            f"ours {largest['ours']}, effdet {largest['effdet']} (of {candidates})",
-        )
         p = dict(p, batch=batch)
-        measure(
-            ctx, rec, f"{label}, batch {batch}", lambda p=p: bm._build_effdet(p, ctx.device), batch
-        )
+        config = f"{label}, batch {batch}"
+        measure(ctx, rec, config, lambda p=p: bm._build_effdet(p, ctx.device), batch)
 
 
 def _build_cornernet(ctx: Ctx, p: dict, model, images) -> object:
