@@ -177,6 +177,28 @@ def _mark_kept(out: Tensor, src: Tensor, keep: Tensor, last: int) -> None:
         keep.logical_and_(torch.isnan(src).logical_not_())
 
 
+def _running_max_by_doubling(x: Tensor, dim: int, reverse: bool) -> Tensor:
+    """Running maximum along ``dim`` as ``ceil(log2(n))`` maxima with shifted copies.
+
+    After the step with shift ``s`` every entry holds the maximum of the ``2 s`` entries ending
+    (starting, with ``reverse``) at it. Exact (only ``max``), and built from slicing,
+    concatenation and ``maximum``, which every exporter handles (ONNX has no cumulative max).
+    """
+    n = x.shape[dim]
+    out, step = x, 1
+    while step < n:
+        pad_shape = list(x.shape)
+        pad_shape[dim] = step
+        pad = x.new_full(pad_shape, float("-inf"))
+        if reverse:  # out[i] = max(out[i], out[i + step])
+            shifted = torch.cat((out.narrow(dim, step, n - step), pad), dim)
+        else:  # out[i] = max(out[i], out[i - step])
+            shifted = torch.cat((pad, out.narrow(dim, 0, n - step)), dim)
+        out = torch.maximum(out, shifted)
+        step *= 2
+    return out
+
+
 def corner_pool(x: Tensor, direction: str) -> Tensor:
     """Corner pooling: running maximum over one spatial direction.
 
@@ -199,6 +221,8 @@ def corner_pool(x: Tensor, direction: str) -> Tensor:
     if x.numel() == 0:
         return x.clone()
     axis, reverse = _SCAN[direction]
+    if torch.compiler.is_exporting():  # torch.export / ONNX: no data-dependent code, no cummax
+        return _running_max_by_doubling(x, 3 if axis == "w" else 2, reverse)
     if direction == "right" or x.device.type != "cpu":
         # cummax along the contiguous last axis is already optimal on CPU, and on accelerators
         # one cummax kernel beats a per-row loop of launches
