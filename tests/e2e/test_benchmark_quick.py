@@ -58,7 +58,7 @@ def test_quick_run_writes_agreeing_rows(bench, tmp_path: Path) -> None:
     assert "python tools/benchmark.py --quick" in text  # the exact command line
     expected_rows = {
         "soft_nms": 4,  # 2 sizes x 2 methods, peer mmcv
-        "soft_nms_shared": 4,  # 1 size x 2 methods x (mmcv, ours unguarded), busy cores
+        "soft_nms_shared": 2,  # 1 size x 2 methods, mmcv, busy cores
         "focal_loss": 2 + 1,  # torchvision, mmdet (py), mmcv CUDA "not measured"
         "corner_pool": 4,
         "bifpn": 6,
