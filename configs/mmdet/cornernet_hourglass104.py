@@ -25,3 +25,6 @@ model = dict(
         ),
     ),
 )
+
+# the model-zoo file <work_dir>/<config name>-<sha256[:8]>.pth after training (plugins.mm.publish)
+custom_hooks = [dict(type="PluginsPublishHook")]

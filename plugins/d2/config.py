@@ -17,6 +17,8 @@ New nodes:
 - ``INPUT.SCALE_JITTER``: EfficientDet's training augmentation (random rescale + fixed-size crop).
 - ``SOLVER.OPTIMIZER``: ``"SGD"`` (Detectron2's default) or ``"AdamW"``.
 - the CornerNet keys of :func:`plugins.d2.cornernet.add_cornernet_config`.
+- ``PUBLISH``: the model-zoo file written at the end of training
+  (:func:`plugins.d2.publish.add_publish_config`).
 
 Existing Detectron2 keys the recipes rely on: ``SOLVER.AMP.ENABLED`` (mixed precision,
 ``AMPTrainer``; needs CUDA), ``SOLVER.LR_SCHEDULER_NAME: WarmupCosineLR``,
@@ -28,6 +30,7 @@ from __future__ import annotations
 from detectron2.config import CfgNode as CN
 
 from .cornernet import add_cornernet_config
+from .publish import add_publish_config
 
 __all__ = ["add_plugins_config", "NMS_TYPES", "CLS_LOSS_TYPES", "BOX_LOSS_TYPES"]
 
@@ -54,6 +57,7 @@ def add_plugins_config(cfg: CN) -> None:
     _add_input_config(cfg)
     _add_solver_config(cfg)
     add_cornernet_config(cfg)
+    add_publish_config(cfg)
 
 
 def _add_efficientdet_config(cfg: CN) -> None:

@@ -34,6 +34,7 @@ from plugins.core.variants import get_variant
 from ._compat import HAS_D2_C
 from .datasets import check_datasets, prepare_dataset
 from .ema import EMAHook, ModelEMA, unwrap_model
+from .publish import is_published_ema, publish_trainer
 
 __all__ = ["Trainer", "CheckpointLoadError", "build_train_augmentations", "load_checkpoint"]
 
@@ -79,8 +80,11 @@ def load_checkpoint(cfg, model: nn.Module, path: str) -> bool:
     ema = ModelEMA(model, cfg.MODEL.EMA.DECAY, cfg.MODEL.EMA.WARMUP)
     ema.num_updates = -1
     checkpointer.add_checkpointable("ema", ema)
-    _load_or_raise(checkpointer, path, checkpointables=["ema"])
+    extra = _load_or_raise(checkpointer, path, checkpointables=["ema"])
     if ema.num_updates < 0:
+        if is_published_ema(extra):  # a published file: "model" holds the EMA weights
+            logger.info("Evaluating %s, whose weights are the EMA weights (published)", path)
+            return True
         logger.warning("MODEL.EMA.ENABLED but %s has no EMA weights: using the raw weights", path)
         return False
     ema.copy_to(model)
@@ -179,6 +183,12 @@ class Trainer(DefaultTrainer):
             else h
             for h in ret
         ]
+
+    def train(self):
+        """Detectron2's training loop, then the model-zoo file (``PUBLISH.*``)."""
+        results = super().train()
+        publish_trainer(self)  # the model-zoo file (PUBLISH.*, plugins.d2.publish)
+        return results
 
     def evaluate_current(self, cfg, model: nn.Module):
         """Evaluate ``model`` (with the EMA weights swapped in when EMA is on)."""

@@ -13,6 +13,8 @@ Importing this package registers every component (configs do it with
   :mod:`plugins.mm.data_check`).
 * ``TRANSFORMS``: ``PluginsCheckImage``, inference inputs (:mod:`plugins.mm.image_input`).
 * Test-time NMS: ``test_cfg.nms.type="plugins_soft_nms"`` (:mod:`plugins.mm.soft_nms`).
+* ``HOOKS``: ``PluginsPublishHook``, the model-zoo file at the end of training
+  (:mod:`plugins.mm.publish`).
 """
 
 from plugins.mm import (  # noqa: F401
@@ -22,6 +24,7 @@ from plugins.mm import (  # noqa: F401
     efficientdet,
     image_input,
     losses,
+    publish,
     soft_nms,
 )
 
@@ -32,5 +35,6 @@ __all__ = [
     "efficientdet",
     "image_input",
     "losses",
+    "publish",
     "soft_nms",
 ]

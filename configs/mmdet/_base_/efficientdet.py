@@ -136,6 +136,9 @@ custom_hooks = [
         momentum=0.0002,
         update_buffers=True,
         priority=49,
-    )
+    ),
+    # the model-zoo file <work_dir>/<config name>-<sha256[:8]>.pth after training
+    # (the evaluated, EMA weights; plugins.mm.publish)
+    dict(type="PluginsPublishHook"),
 ]
 default_hooks = dict(checkpoint=dict(type="CheckpointHook", interval=10, max_keep_ckpts=3))

@@ -154,7 +154,10 @@ custom_hooks = [
         momentum=0.005,
         update_buffers=True,
         priority=49,
-    )
+    ),
+    # the model-zoo file <work_dir>/<config name>-<sha256[:8]>.pth after training
+    # (the evaluated, EMA weights; plugins.mm.publish)
+    dict(type="PluginsPublishHook"),
 ]
 default_hooks = dict(
     logger=dict(type="LoggerHook", interval=10),

@@ -132,3 +132,6 @@ env_cfg = dict(
 auto_scale_lr = dict(enable=False, base_batch_size=8)
 log_processor = dict(window_size=10)
 randomness = dict(seed=0)
+
+# the model-zoo file <work_dir>/<config name>-<sha256[:8]>.pth after training (plugins.mm.publish)
+custom_hooks = [dict(type="PluginsPublishHook")]

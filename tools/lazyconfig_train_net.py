@@ -1,0 +1,257 @@
+#!/usr/bin/env python
+"""Train or evaluate with Detectron2 LazyConfigs (``configs/lazy/*.py``) and the plugins.
+
+The command line of Detectron2's ``tools/lazyconfig_train_net.py`` (the registry's Detectron2
+0.6 does not install that script)::
+
+    python tools/lazyconfig_train_net.py --config-file configs/lazy/demo/efficientdet_shapes.py
+    python tools/lazyconfig_train_net.py --config-file configs/lazy/efficientdet_d0.py --num-gpus 8
+    python tools/lazyconfig_train_net.py --config-file ... --resume        # continue output_dir
+    python tools/lazyconfig_train_net.py --config-file ... --eval-only \\
+        train.init_checkpoint=output/model_final-1a2b3c4d.pth
+    python tools/lazyconfig_train_net.py --config-file ... train.max_iter=100 train.device=cpu
+
+Overrides are ``key=value`` (Hydra syntax). What the config holds: ``model``, ``dataloader``
+(``train``, ``test``, ``evaluator``), ``optimizer``, ``lr_multiplier`` and ``train``
+(``configs/lazy/common/train.py``). On top of Detectron2's script, as ``tools/train_net.py``
+does for YAML configs: ``train.ema`` keeps an exponential moving average of the weights,
+checkpointed under ``"ema"`` and used for every evaluation (and by ``--eval-only``);
+``train.publish`` writes the model-zoo file ``<output_dir>/<name>-<sha256[:8]>.pth`` at the end
+of training (:mod:`plugins.d2.publish`); ``train.seed``; ``--num-gpus N`` on the CPU with gloo
+(:mod:`plugins.d2.launch`). A bad config, key, dataset or checkpoint stops the run with exit
+status 1 and one line ``lazyconfig_train_net.py: error: ...``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import plugins.d2  # noqa: E402, F401  (first: stands in for a missing detectron2._C)
+
+# isort: split
+import torch  # noqa: E402
+from detectron2.checkpoint import DetectionCheckpointer  # noqa: E402
+from detectron2.config import CfgNode, instantiate  # noqa: E402
+from detectron2.engine import (  # noqa: E402
+    AMPTrainer,
+    SimpleTrainer,
+    default_argument_parser,
+    default_setup,
+    default_writers,
+    hooks,
+)
+from detectron2.engine.defaults import create_ddp_model  # noqa: E402
+from detectron2.evaluation import inference_on_dataset, print_csv_format  # noqa: E402
+from detectron2.utils import comm  # noqa: E402
+from torch import nn  # noqa: E402
+
+from plugins.d2.datasets import DatasetMissingError, check_datasets  # noqa: E402
+from plugins.d2.ema import EMAHook, ModelEMA, unwrap_model  # noqa: E402
+from plugins.d2.engine import CheckpointLoadError, load_checkpoint  # noqa: E402
+from plugins.d2.launch import cpu_launch_problem, launch  # noqa: E402
+from plugins.d2.lazy import LazyConfigError, lazy_config_text, load_lazy_config  # noqa: E402
+from plugins.d2.publish import publish_state  # noqa: E402
+
+logger = logging.getLogger("plugins.lazyconfig_train_net")
+
+
+def _names(dataset_node) -> list[str]:
+    names = dataset_node.names
+    return [names] if isinstance(names, str) else list(names)
+
+
+def dataset_names(cfg) -> tuple[list[str], list[str]]:
+    """``(train, test)`` dataset names of ``dataloader.train`` / ``dataloader.test``."""
+    return _names(cfg.dataloader.train.dataset), _names(cfg.dataloader.test.dataset)
+
+
+def _ema_options(cfg) -> dict:
+    ema = dict(cfg.train.get("ema") or {})
+    return {
+        "enabled": bool(ema.get("enabled", False)),
+        "decay": float(ema.get("decay", 0.9998)),
+        "warmup": bool(ema.get("warmup", True)),
+    }
+
+
+def _yacs_view(cfg) -> CfgNode:
+    """The YAML keys :func:`plugins.d2.engine.load_checkpoint` reads, from ``train``."""
+    ema = _ema_options(cfg)
+    node = CfgNode({"ENABLED": ema["enabled"], "DECAY": ema["decay"], "WARMUP": ema["warmup"]})
+    return CfgNode({"OUTPUT_DIR": cfg.train.output_dir, "MODEL": CfgNode({"EMA": node})})
+
+
+def _ddp(model: nn.Module, cfg) -> nn.Module:
+    options = dict(cfg.train.get("ddp") or {})
+    if str(cfg.train.device).startswith("cpu"):
+        options["device_ids"] = None  # torch refuses device ids for a CPU module
+    return create_ddp_model(model, **options)
+
+
+def build_model(cfg) -> nn.Module:
+    """``instantiate(cfg.model)`` on ``train.device``."""
+    model = instantiate(cfg.model)
+    return model.to(cfg.train.device)
+
+
+def do_test(cfg, model: nn.Module) -> dict:
+    """Evaluate ``model`` with ``dataloader.test`` and ``dataloader.evaluator``."""
+    if "evaluator" not in cfg.dataloader:
+        return {}
+    loader = instantiate(cfg.dataloader.test)  # first: prepares the dataset's metadata
+    results = inference_on_dataset(model, loader, instantiate(cfg.dataloader.evaluator))
+    if comm.is_main_process():
+        print_csv_format(results)
+    return results
+
+
+def _load_for_training(checkpointer: DetectionCheckpointer, path: str, resume: bool) -> bool:
+    """Resume from the last checkpoint, or load ``path``'s model; ``True`` when resumed."""
+    resumed = resume and checkpointer.has_checkpoint()
+    target = checkpointer.get_checkpoint_file() if resumed else path
+    if not target:
+        return False
+    try:
+        checkpointer.load(target, checkpointables=None if resumed else [])
+    except Exception as e:  # torch.load / pickle raise many types for a bad file
+        reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise CheckpointLoadError(
+            f"cannot load checkpoint {target!r} (train.init_checkpoint or "
+            f"output_dir/last_checkpoint): {reason}"
+        ) from e
+    return resumed
+
+
+def do_train(args, cfg) -> dict:
+    """Train as Detectron2's lazyconfig script, with EMA, final evaluation and publishing."""
+    model = build_model(cfg)
+    logger.info("Model:\n%s", model)
+    cfg.optimizer.params.model = model
+    optimizer = instantiate(cfg.optimizer)
+    train_loader = instantiate(cfg.dataloader.train)
+    model = _ddp(model, cfg)
+    trainer_cls = AMPTrainer if cfg.train.amp.enabled else SimpleTrainer
+    trainer = trainer_cls(model, train_loader, optimizer)
+    checkpointer = DetectionCheckpointer(model, cfg.train.output_dir, trainer=trainer)
+    options = _ema_options(cfg)
+    ema = ModelEMA(model, options["decay"], options["warmup"]) if options["enabled"] else None
+    if ema is not None:
+        checkpointer.add_checkpointable("ema", ema)
+    results: dict = {}
+
+    def evaluate() -> dict:
+        if ema is None:
+            out = do_test(cfg, model)
+        else:
+            with ema.swapped_into(unwrap_model(model)):
+                out = do_test(cfg, model)
+        results.clear()
+        results.update(out or {})
+        return out
+
+    main = comm.is_main_process()
+    trainer.register_hooks(
+        [
+            hooks.IterationTimer(),
+            EMAHook(ema, model) if ema is not None else None,  # before checkpoint and eval
+            hooks.LRScheduler(scheduler=instantiate(cfg.lr_multiplier)),
+            hooks.PeriodicCheckpointer(checkpointer, **cfg.train.checkpointer) if main else None,
+            hooks.EvalHook(cfg.train.eval_period, evaluate),
+            hooks.PeriodicWriter(
+                default_writers(cfg.train.output_dir, cfg.train.max_iter),
+                period=cfg.train.log_period,
+            )
+            if main
+            else None,
+        ]
+    )
+    resumed = _load_for_training(checkpointer, cfg.train.init_checkpoint, args.resume)
+    if ema is not None and not resumed:  # start the average from the (loaded) weights
+        ema.state = ModelEMA(model, ema.decay, ema.warmup).state
+        ema.num_updates = 0
+    trainer.train(trainer.iter + 1 if resumed else 0, cfg.train.max_iter)
+
+    publish = dict(cfg.train.get("publish") or {})
+    # after a complete run Detectron2 leaves trainer.iter at max_iter
+    if main and publish.get("enabled", False) and trainer.iter >= cfg.train.max_iter:
+        train_names, test_names = dataset_names(cfg)
+        publish_state(
+            model,
+            ema,
+            out_dir=cfg.train.output_dir,
+            name=publish.get("name", "model_final"),
+            config=lazy_config_text(cfg),
+            iteration=cfg.train.max_iter - 1,  # as the last checkpoint's "iteration"
+            metrics=results,
+            train_datasets=train_names,
+            test_datasets=test_names,
+        )
+    return results
+
+
+def main(args) -> dict:
+    """One process of the run (called by ``launch``)."""
+    cfg = load_lazy_config(args.config_file, args.opts)
+    default_setup(cfg, args)
+    if args.eval_only:
+        model = _ddp(build_model(cfg), cfg)
+        load_checkpoint(_yacs_view(cfg), model, cfg.train.init_checkpoint)
+        return do_test(cfg, model)
+    return do_train(args, cfg)
+
+
+def check_config(cfg, args) -> None:
+    """Problems found before any process starts: datasets, checkpoint, AMP, CPU launch.
+
+    Raises:
+        LazyConfigError, DatasetMissingError, CheckpointLoadError: with one-line messages.
+    """
+    for key in ("dataloader", "optimizer", "lr_multiplier"):
+        if key not in cfg and not (key != "dataloader" and args.eval_only):
+            raise LazyConfigError(f"{args.config_file}: no `{key}` in the config")
+    train_names, test_names = dataset_names(cfg)
+    check_datasets(test_names if args.eval_only else train_names + test_names)
+    if args.eval_only and not cfg.train.init_checkpoint:
+        raise CheckpointLoadError("--eval-only needs train.init_checkpoint=<checkpoint>")
+    if cfg.train.amp.enabled and not torch.cuda.is_available():
+        raise LazyConfigError(
+            "train.amp.enabled: mixed precision (AMPTrainer) needs CUDA; "
+            "set train.amp.enabled=False to train on the CPU"
+        )
+    problem = cpu_launch_problem(args.num_gpus, str(cfg.train.device))
+    if problem:
+        raise LazyConfigError(problem.replace("MODEL.DEVICE", "train.device"))
+
+
+def run(argv: list[str] | None = None) -> int:
+    """Parse ``argv``, check the config, then launch ``main`` on every process."""
+    args = default_argument_parser().parse_args(argv)
+    try:
+        cfg = load_lazy_config(args.config_file, args.opts)
+        check_config(cfg, args)
+        launch(
+            main,
+            args.num_gpus,
+            num_machines=args.num_machines,
+            machine_rank=args.machine_rank,
+            dist_url=args.dist_url,
+            args=(args,),
+        )
+    except (LazyConfigError, DatasetMissingError, CheckpointLoadError) as e:
+        kind = {
+            LazyConfigError: "invalid config",
+            DatasetMissingError: "missing dataset",
+            CheckpointLoadError: "bad checkpoint",
+        }[type(e)]
+        if comm.is_main_process():
+            print(f"lazyconfig_train_net.py: error: {kind}: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run())
