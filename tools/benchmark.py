@@ -395,14 +395,11 @@ def _corner_rows(quick: bool, device: str) -> list[dict]:
 
 
 def _build_corner(p: dict, device: str, only: str | None = None) -> Bench:
-    from mmcv.ops import CornerPool
-
     from plugins.core.corner_pool import corner_pool
 
     g = torch.Generator().manual_seed(2)
     x = torch.randn(*p["shape"], generator=g).to(device).requires_grad_(True)
     grad_out = torch.randn(*p["shape"], generator=g).to(device)
-    peer = CornerPool(p["direction"])
 
     def run(fn):
         def call():
@@ -413,16 +410,35 @@ def _build_corner(p: dict, device: str, only: str | None = None) -> Bench:
 
         return call
 
-    def compare(outs: dict) -> str:
-        (o1, g1), (o2, g2) = outs["ours"], outs["mmcv"]
-        assert torch.equal(o1, o2), "corner pool forward differs"
-        torch.testing.assert_close(g1, g2, rtol=1e-5, atol=1e-5)
-        return (
-            f"forward equal; grad max diff {(g1 - g2).abs().max().item():.1e} (tol 1e-5 rel + 1e-5)"
-        )
+    impls = {"ours": run(lambda t: corner_pool(t, p["direction"]))}
+    skipped = {}
+    try:
+        from mmcv.ops import CornerPool
+    except ImportError as err:  # e.g. a device image without mmcv (tools/gpu_check.py)
+        skipped["mmcv"] = f"mmcv.ops not importable ({err})"
+    else:
+        impls["mmcv"] = run(CornerPool(p["direction"]))
 
-    impls = {"ours": run(lambda t: corner_pool(t, p["direction"])), "mmcv": run(peer)}
-    return Bench({k: v for k, v in impls.items() if only in (None, k)}, compare)
+    def compare(outs: dict) -> str:
+        o1, g1 = outs["ours"]
+        checks = []
+        if device != "cpu":  # ours on the device (cummax) vs our CPU path (row scans)
+            x_cpu = x.detach().cpu().requires_grad_(True)
+            ref = corner_pool(x_cpu, p["direction"])
+            ref.backward(grad_out.cpu())
+            assert torch.equal(o1, ref.detach()), "corner pool forward differs from the CPU path"
+            torch.testing.assert_close(g1, x_cpu.grad, rtol=1e-5, atol=1e-5)
+            checks.append("forward equal to our CPU path, grad within 1e-5 rel + 1e-5")
+        if "mmcv" in outs:
+            o2, g2 = outs["mmcv"]
+            assert torch.equal(o1, o2), "corner pool forward differs"
+            torch.testing.assert_close(g1, g2, rtol=1e-5, atol=1e-5)
+            diff = (g1 - g2).abs().max().item()
+            checks.append(f"forward equal; grad max diff {diff:.1e} (tol 1e-5 rel + 1e-5)")
+        return "; ".join(checks) or "no reference here (mmcv not importable)"
+
+    impls = {k: v for k, v in impls.items() if only in (None, k)}
+    return Bench(impls, compare, skipped)
 
 
 # ------------------------------------------------------------------------------------------

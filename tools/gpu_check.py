@@ -428,55 +428,6 @@ def part_soft_nms(ctx: Ctx, rec: Recorder) -> None:
             measure(ctx, rec, config, lambda p=p: _build_soft_nms(ctx, p))
 
 
-def _build_corner(ctx: Ctx, p: dict):
-    """Ours on ``ctx.device`` (checked against our CPU path); peer mmcv when importable."""
-    import torch
-
-    from plugins.core.corner_pool import corner_pool
-
-    bm = _bm()
-    g = torch.Generator().manual_seed(12)
-    x_cpu = torch.randn(*p["shape"], generator=g)
-    grad_cpu = torch.randn(*p["shape"], generator=g)
-    x = x_cpu.to(ctx.device).requires_grad_(True)
-    grad_out = grad_cpu.to(ctx.device)
-
-    def run(fn):
-        def call():
-            x.grad = None
-            out = fn(x)
-            out.backward(grad_out)
-            return out, x.grad
-
-        return call
-
-    impls = {"ours": run(lambda t: corner_pool(t, p["direction"]))}
-    skipped = {}
-    try:
-        from mmcv.ops import CornerPool
-    except ImportError as err:
-        skipped["mmcv"] = f"mmcv.ops not importable ({err})"
-    else:
-        impls["mmcv"] = run(CornerPool(p["direction"]))
-
-    def compare(outs: dict) -> str:
-        out, grad = outs["ours"]
-        x_ref = x_cpu.detach().clone().requires_grad_(True)  # x is x_cpu itself on CPU
-        ref = corner_pool(x_ref, p["direction"])
-        ref.backward(grad_cpu)
-        assert torch.equal(out, ref.detach()), "forward differs from the CPU path"
-        torch.testing.assert_close(grad, x_ref.grad, rtol=1e-5, atol=1e-5)
-        text = "forward equal to the CPU path, gradient within 1e-5"
-        if "mmcv" in outs:
-            m_out, m_grad = outs["mmcv"]
-            assert torch.equal(out, m_out), "forward differs from mmcv"
-            torch.testing.assert_close(grad, m_grad, rtol=1e-5, atol=1e-5)
-            text += "; equal to mmcv"
-        return text
-
-    return bm.Bench(impls, compare, skipped)
-
-
 def part_ops(ctx: Ctx, rec: Recorder) -> None:
     bm = _bm()
     ctx.timing(repeats=15, warmup=2)
@@ -485,7 +436,7 @@ def part_ops(ctx: Ctx, rec: Recorder) -> None:
         measure(ctx, rec, config, lambda p=p: bm._build_focal(p, ctx.device))
     for p in bm._corner_rows(ctx.quick, ctx.device):
         config = f"corner pool {p['direction']}, {tuple(p['shape'])}"
-        measure(ctx, rec, config, lambda p=p: _build_corner(ctx, p))
+        measure(ctx, rec, config, lambda p=p: bm._build_corner(p, ctx.device))
 
 
 def _effdet_rows(ctx: Ctx, compiled: bool) -> list[dict]:
