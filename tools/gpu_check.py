@@ -508,7 +508,6 @@ def part_effdet_train(ctx: Ctx, rec: Recorder) -> None:
 
     from plugins.core.variants import EFFICIENTDET_VARIANTS
 
-    bm = _bm()
     torch.backends.cudnn.benchmark = True
     ctx.timing(repeats=5, warmup=1)
     # (train-mode BatchNorm needs 2 values per channel: D0's 1x1 P7 at 64 px needs batch 2)
@@ -533,7 +532,14 @@ def part_effdet_train(ctx: Ctx, rec: Recorder) -> None:
             continue
         p = dict(p, batch=batch)
         config = f"{label}, batch {batch}"
-        measure(ctx, rec, config, lambda p=p: bm._build_effdet(p, ctx.device), batch)
+        measure(ctx, rec, config, lambda p=p: _train_bench(p, ctx.device), batch)
+
+
+def _train_bench(p: dict, device: str):
+    """benchmark.py's training-step bench without its note on the GPU rows (this is them)."""
+    bench = _bm()._build_effdet(p, device)
+    bench.skipped.clear()
+    return bench
 
 
 def _build_cornernet(ctx: Ctx, p: dict, model, images) -> object:
@@ -949,6 +955,12 @@ def main(argv: list[str] | None = None) -> int:
     def report() -> None:
         with lock:
             result["parts"] = _read_parts(state, names)
+            env = {
+                r.get("item"): r.get("value")
+                for r in result["parts"].get("env", {}).get("rows", [])
+            }
+            if args.device == "cuda" and "GPU" in env:
+                result["device"] = env["GPU"]
             result["elapsed_s"] = time.time() - start
             (out / "gpu_check.json").write_text(json.dumps(result, indent=1, default=str))
             (out / "gpu_check.md").write_text(render_markdown(result))
