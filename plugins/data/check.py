@@ -311,11 +311,13 @@ def _check_images(ann_file: str, image_root: str, images: list[dict], decode: bo
 
 def _box_array(ann_file: str, anns: list[dict]) -> np.ndarray:
     """``(N, 4)`` float64 boxes; JSON null becomes NaN; anything else malformed is an error."""
-    try:
-        boxes = np.array([a["bbox"] for a in anns], dtype=np.float64)
-        if boxes.ndim == 2 and boxes.shape[1] == 4 or len(anns) == 0:
-            return boxes.reshape(-1, 4)
-    except (TypeError, ValueError):
+    if not anns:
+        return np.zeros((0, 4), dtype=np.float64)
+    try:  # fast path: all numbers (no null, no string; numpy would parse "4" as 4.0)
+        boxes = np.array([a["bbox"] for a in anns])
+        if boxes.ndim == 2 and boxes.shape[1] == 4 and boxes.dtype.kind in "iuf":
+            return boxes.astype(np.float64)
+    except ValueError:  # ragged
         pass
     for i, a in enumerate(anns):
         b = a["bbox"]
@@ -326,12 +328,17 @@ def _box_array(ann_file: str, anns: list[dict]) -> np.ndarray:
                 f"{ann_file}: annotations[{i}] (id {a['id']}): bbox must be [x, y, width, "
                 f"height] (4 numbers), got {b!r:.80}"
             )
-    raise AssertionError("unreachable: no malformed bbox found")  # pragma: no cover
+    return np.array([a["bbox"] for a in anns], dtype=np.float64)  # null -> NaN
 
 
 def _positive_sizes(ann_file: str, images: list[dict]) -> np.ndarray:
-    """``(M, 2)`` json width/height of every image; they must be positive numbers."""
+    """``(M, 2)`` json width/height of every image (positive numbers); file names checked too."""
     for i, img in enumerate(images):
+        if not isinstance(img["file_name"], str) or not img["file_name"]:
+            raise DatasetCheckError(
+                f"{ann_file}: images[{i}] (id {img['id']}): file_name must be a non-empty "
+                f"string, got {img['file_name']!r}"
+            )
         for key in ("width", "height"):
             v = img[key]
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0:

@@ -147,6 +147,8 @@ def test_truncated_pixels_need_decode(tmp_path: Path) -> None:
         (lambda c: c["annotations"][3].update(id=1), "duplicate annotations ids 1"),
         (lambda c: c["annotations"][0].update(image_id=99), "point at image ids not in"),
         (lambda c: c["annotations"][0].update(bbox=[1, 2, 3]), r"bbox must be \[x, y"),
+        (lambda c: c["annotations"][2].update(bbox=[1, 2, 3, "4"]), r"annotations\[2\] .*bbox"),
+        (lambda c: c["images"][1].update(file_name=7), "file_name must be a non-empty string"),
         (lambda c: c["images"][0].update(width=0), "width must be a positive number"),
         (lambda c: c["images"][0].update(id=[1]), "id must be an integer or a string"),
         (lambda c: c.update(categories=[]), "'categories' is empty"),
