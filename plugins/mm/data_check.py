@@ -147,6 +147,8 @@ def _check_dataset_config(ds: dict, where: str, model: dict, training: bool) -> 
     cls = _registered(DATASETS, ds.get("type"))
     if not (isinstance(cls, type) and issubclass(cls, CocoDataset)):
         return  # not a COCO json dataset
+    if cls.load_data_list not in (CocoDataset.load_data_list, PluginsCocoDataset.load_data_list):
+        return  # reads its file its own way (LVIS, Objects365, ...): not ours to check
     if cls is CocoDataset:
         ds["type"] = "PluginsCocoDataset"  # mmdet's own class drops nothing it is told
     # Resolve the paths and classes as the dataset does, without loading anything.
@@ -174,8 +176,8 @@ def _check_dataset_config(ds: dict, where: str, model: dict, training: bool) -> 
 def prepare_datasets(cfg, loaders: tuple[str, ...], evaluators: tuple[str, ...]) -> None:
     """Check the COCO datasets of ``cfg`` and make mmdet drop the boxes the check reports.
 
-    For every dataset (through wrappers) of the ``loaders`` whose type is a ``CocoDataset``
-    subclass: :func:`plugins.data.check.check_coco_dataset` on its resolved ``ann_file`` and
+    For every dataset (through wrappers) of the ``loaders`` whose type is ``CocoDataset`` or
+    a subclass that reads the json as it does (not LVIS, Objects365, ...): :func:`plugins.data.check.check_coco_dataset` on its resolved ``ann_file`` and
     image folder (training loaders need at least one valid box unless ``test_mode``), and
     ``num_classes`` of ``model.bbox_head`` (or ``model.roi_head.bbox_head``) against the
     dataset's classes (``metainfo.classes``, which must be category names of the json).
