@@ -192,6 +192,15 @@ def check_checkpoint_content(obj: Any, where: str = "checkpoint") -> None:
     )
 
 
+def _check_finite(obj: Any, where: str = "checkpoint") -> None:
+    if isinstance(obj, torch.Tensor):
+        if obj.is_floating_point() and not bool(torch.isfinite(obj).all()):
+            raise PublishError(f"{where}: holds NaN or infinite values; not published")
+    elif isinstance(obj, dict):
+        for key, value in obj.items():
+            _check_finite(value, f"{where}[{key!r}]")
+
+
 def save_published(checkpoint: dict, out_dir: str | os.PathLike, stem: str) -> str:
     """Write ``checkpoint`` as ``<out_dir>/<stem>-<sha256[:8]>.pth``; never replace a file.
 
@@ -208,11 +217,13 @@ def save_published(checkpoint: dict, out_dir: str | os.PathLike, stem: str) -> s
         The path of the published file.
 
     Raises:
-        PublishError: bad content or stem, or a different file already has the final name.
+        PublishError: bad content or stem, weights with NaN / infinite values, or a different
+            file already has the final name.
     """
     if not stem or os.sep in stem or (os.altsep and os.altsep in stem):
         raise PublishError(f"name: expected a file name stem without folders, got {stem!r}")
     check_checkpoint_content(checkpoint)
+    _check_finite(checkpoint)
     out_dir = os.fspath(out_dir)
     os.makedirs(out_dir, exist_ok=True)
     # our own temporary name; O_EXCL: never opens an existing file; mode as any new file

@@ -1,13 +1,6 @@
 # EfficientDet-D1 on COCO 2017 (paper recipe, common/efficientdet.py); input 640x640.
 # LazyConfig twin of configs/efficientdet_d1.yaml:
 #   python tools/lazyconfig_train_net.py --config-file configs/lazy/efficientdet_d1.py --num-gpus 8
-from .common.efficientdet import (  # noqa: F401  (the config is what this file exports)
-    dataloader,
-    lr_multiplier,
-    model,
-    optimizer,
-    train,
-    use_variant,
-)
+from .common.efficientdet import efficientdet_recipe
 
-use_variant("efficientdet_d1", model, dataloader)
+model, dataloader, optimizer, lr_multiplier, train = efficientdet_recipe("efficientdet_d1")

@@ -1,16 +1,8 @@
 # EfficientDet-D7x on COCO 2017 (paper recipe, common/efficientdet.py); input 1536x1536.
 # LazyConfig twin of configs/efficientdet_d7x.yaml:
 #   python tools/lazyconfig_train_net.py --config-file configs/lazy/efficientdet_d7x.py --num-gpus 8
-from .common.efficientdet import (  # noqa: F401  (the config is what this file exports)
-    dataloader,
-    lr_multiplier,
-    model,
-    optimizer,
-    train,
-    use_variant,
-)
+from .common.efficientdet import efficientdet_recipe
 
-use_variant("efficientdet_d7x", model, dataloader)
-# 600 epochs for D7 / D7x
-train.max_iter = 554400
-lr_multiplier.warmup_length = 924 / 554400
+model, dataloader, optimizer, lr_multiplier, train = efficientdet_recipe(
+    "efficientdet_d7x", epochs=600
+)

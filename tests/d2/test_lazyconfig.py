@@ -6,20 +6,24 @@ from __future__ import annotations
 import plugins.d2  # noqa: F401  (first: detectron2._C stand-in)
 
 # isort: split
-import importlib
+import contextlib
 import math
-import sys
 from pathlib import Path
+from unittest import mock
 
 import pytest
 import torch
 from detectron2.config import get_cfg, instantiate
 from detectron2.modeling import build_model
+from detectron2.solver import build_lr_scheduler
+from omegaconf import ListConfig
 
 from plugins.d2 import add_plugins_config
+from plugins.d2.engine import build_train_augmentations
 from plugins.d2.lazy import LazyConfigError, load_lazy_config
 from plugins.publish import check_published_name
 from plugins.safe_load import load_checkpoint_file
+from tests.zoo_checks import import_tool, same_results
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -36,18 +40,32 @@ DEMOS = ["efficientdet", "retinanet", "cornernet"]
 TWINS += [(f"demo/{d}_shapes.yaml", f"demo/{d}_shapes.py") for d in DEMOS]
 
 
+@contextlib.contextmanager
+def _device(device: str):
+    """Build on ``device``; on the meta device skip the weight initialisers (values do not
+    exist there, and running them is most of the build time)."""
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(torch.device(device))
+        if device == "meta":
+            for name in _INITS:
+                stack.enter_context(mock.patch.object(torch.nn.init, name, lambda t, *a, **k: t))
+        yield
+
+
+_INITS = ("normal_", "uniform_", "constant_", "zeros_", "ones_", "kaiming_normal_")
+_INITS += ("kaiming_uniform_", "xavier_uniform_", "xavier_normal_", "trunc_normal_")
+
+
 def yaml_model(name: str, device: str = "meta"):
-    cfg = get_cfg()
-    add_plugins_config(cfg)
-    cfg.merge_from_file(str(REPO / "configs" / name))
+    cfg = _yaml_cfg(name)
     cfg.MODEL.DEVICE = device
-    with torch.device(device):
+    with _device(device):
         return build_model(cfg)
 
 
 def lazy_model(name: str, device: str = "meta"):
     cfg = load_lazy_config(str(REPO / "configs" / "lazy" / name))
-    with torch.device(device):
+    with _device(device):
         return instantiate(cfg.model)
 
 
@@ -64,8 +82,80 @@ def test_lazy_config_builds_the_yaml_model(yaml_name, lazy_name):
     assert [n for n, p in got.named_parameters() if not p.requires_grad] == [
         n for n, p in want.named_parameters() if not p.requires_grad
     ]  # same frozen parameters (ResNet stem and res2 of RetinaNet)
-    for attr in ("num_classes", "test_score_thresh", "nms_type", "input_format", "score_thresh"):
-        assert getattr(got, attr, None) == getattr(want, attr, None), attr
+    # same settings: every plain attribute (losses, thresholds, NMS, normalisation, ...)
+    settings = {k: v for k, v in vars(want).items() if isinstance(v, (bool, int, float, str))}
+    assert settings and {k: vars(got).get(k) for k in settings} == settings
+
+
+def _yaml_cfg(name: str):
+    cfg = get_cfg()
+    add_plugins_config(cfg)
+    cfg.merge_from_file(str(REPO / "configs" / name))
+    return cfg
+
+
+def _aug_state(aug) -> tuple:
+    """An augmentation's class and parameters (sequences as tuples)."""
+    params = {
+        k: tuple(v) if isinstance(v, (list, tuple, ListConfig)) else v for k, v in vars(aug).items()
+    }
+    return type(aug).__name__, params
+
+
+@pytest.mark.parametrize("yaml_name, lazy_name", TWINS, ids=[t[1] for t in TWINS])
+def test_lazy_recipe_matches_the_yaml_solver_and_data(yaml_name, lazy_name):
+    """Optimizer, lr schedule, EMA, iterations, checkpoints, datasets and augmentations."""
+    y, lazy = _yaml_cfg(yaml_name), load_lazy_config(str(REPO / "configs" / "lazy" / lazy_name))
+    solver, train, opt = y.SOLVER, lazy.train, lazy.optimizer
+    assert (train.max_iter, train.checkpointer.period) == (
+        solver.MAX_ITER,
+        solver.CHECKPOINT_PERIOD,
+    )
+    assert (opt.optimizer, opt.lr, opt.weight_decay) == (
+        solver.OPTIMIZER,
+        solver.BASE_LR,
+        solver.WEIGHT_DECAY,
+    )
+    assert opt.params.weight_decay_norm == solver.WEIGHT_DECAY_NORM
+    if solver.OPTIMIZER == "SGD":
+        assert (opt.momentum, opt.nesterov) == (solver.MOMENTUM, solver.NESTEROV)
+    clip = solver.CLIP_GRADIENTS
+    assert opt.clip_gradients.enabled == clip.ENABLED
+    if clip.ENABLED:
+        assert (opt.clip_gradients.clip_type, opt.clip_gradients.clip_value) == (
+            clip.CLIP_TYPE,
+            clip.CLIP_VALUE,
+        )
+    # the lr multiplier along the run equals the YAML's scheduler
+    param = torch.nn.Parameter(torch.zeros(1))
+    want = build_lr_scheduler(y, torch.optim.SGD([param], lr=1.0))._multiplier
+    got = instantiate(lazy.lr_multiplier)
+    for it in sorted({0, 1, solver.WARMUP_ITERS, *solver.STEPS, solver.MAX_ITER // 3}):
+        where = min(it, solver.MAX_ITER - 1) / solver.MAX_ITER
+        assert math.isclose(got(where), want(where), rel_tol=1e-9, abs_tol=1e-12), it
+    ema = y.MODEL.EMA
+    assert train.ema.enabled == ema.ENABLED
+    if ema.ENABLED:
+        assert (train.ema.decay, train.ema.warmup) == (ema.DECAY, ema.WARMUP)
+    assert (train.seed, train.init_checkpoint) == (y.SEED, y.MODEL.WEIGHTS)
+    assert (train.device == "cpu") == (y.MODEL.DEVICE == "cpu")
+    # data: datasets, batch, empty-image policy, input format, train / test transforms
+    loader = lazy.dataloader
+    assert [loader.train.dataset.names] == list(y.DATASETS.TRAIN)
+    assert [loader.test.dataset.names] == list(y.DATASETS.TEST)
+    assert loader.train.total_batch_size == solver.IMS_PER_BATCH
+    assert loader.train.dataset.filter_empty == y.DATALOADER.FILTER_EMPTY_ANNOTATIONS
+    assert loader.train.num_workers == y.DATALOADER.NUM_WORKERS
+    assert loader.train.mapper.image_format == y.INPUT.FORMAT
+    assert list(lazy.model.pixel_mean) == list(y.MODEL.PIXEL_MEAN)
+    assert list(lazy.model.pixel_std) == list(y.MODEL.PIXEL_STD)
+    augs = [_aug_state(a) for a in instantiate(loader.train.mapper.augmentations)]
+    assert augs == [_aug_state(a) for a in build_train_augmentations(y)]
+    test_resize = loader.test.mapper.augmentations[0]
+    assert (test_resize.short_edge_length, test_resize.max_size) == (
+        y.INPUT.MIN_SIZE_TEST,
+        y.INPUT.MAX_SIZE_TEST,
+    )
 
 
 # thresholds opened up so that untrained models give detections to compare (CornerNet: its
@@ -100,14 +190,6 @@ def test_same_seed_same_weights_same_detections(demo, single_thread):
     assert torch.equal(a.scores, b.scores) and torch.equal(a.pred_classes, b.pred_classes)
 
 
-def _tool():
-    sys.path.insert(0, str(REPO / "tools"))
-    try:
-        return importlib.import_module("lazyconfig_train_net")
-    finally:
-        sys.path.remove(str(REPO / "tools"))
-
-
 # the EfficientDet demo with the tiny variant at 128 px, 2 images per batch, every candidate kept
 TINY = [
     "model.network.variant.name=efficientdet_test",
@@ -125,16 +207,8 @@ TINY = [
 DEMO = str(REPO / "configs" / "lazy" / "demo" / "efficientdet_shapes.py")
 
 
-def _same(a, b) -> bool:
-    if isinstance(a, dict) and isinstance(b, dict):
-        return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
-    if isinstance(a, float) and isinstance(b, float) and math.isnan(a) and math.isnan(b):
-        return True
-    return a == b
-
-
 def test_two_iterations_through_lazyconfig_train_net(tmp_path, monkeypatch):
-    tool = _tool()
+    tool = import_tool("lazyconfig_train_net")
     seen: list[dict] = []
     real = tool.do_test
     monkeypatch.setattr(
@@ -151,15 +225,24 @@ def test_two_iterations_through_lazyconfig_train_net(tmp_path, monkeypatch):
     assert set(ckpt) == {"model", "meta"}
     assert all(torch.equal(v, final["ema"]["state"][k]) for k, v in ckpt["model"].items())
     assert ckpt["meta"]["iteration"] == 1 and "efficientdet_test" in ckpt["meta"]["config"]
-    assert _same(ckpt["meta"]["metrics"], dict(seen[0]))
+    assert same_results(ckpt["meta"]["metrics"], dict(seen[0]))
     # --eval-only on the published file reproduces the AP of the training's evaluation
     args = ["--config-file", DEMO, "--eval-only", *TINY, f"train.init_checkpoint={published}"]
     assert tool.run([*args, f"train.output_dir={tmp_path / 'eval'}"]) == 0
-    assert len(seen) == 2 and _same(dict(seen[1]), dict(seen[0]))
+    assert len(seen) == 2 and same_results(dict(seen[1]), dict(seen[0]))
+    # tools/publish_model.py with the LazyConfig: the same weights, metrics from metrics.json
+    publish = import_tool("publish_model")
+    dest = tmp_path / "zoo" / "lazy.pth"
+    options = ["--cfg-options", "model.network.variant.name=efficientdet_test"]
+    assert publish.main([DEMO, str(out / "model_final.pth"), str(dest), *options]) == 0
+    (made,) = dest.parent.glob("lazy-*.pth")
+    again = torch.load(made, weights_only=True)
+    assert all(torch.equal(again["model"][k], v) for k, v in ckpt["model"].items())
+    assert same_results(again["meta"]["metrics"], ckpt["meta"]["metrics"])
 
 
 def test_bad_config_or_override_is_one_line(tmp_path, capsys):
-    tool = _tool()
+    tool = import_tool("lazyconfig_train_net")
     assert tool.run(["--config-file", DEMO, "train.max_iters=10"]) == 1  # typo: max_iter
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "train.max_iters" in err[0] and "no such key" in err[0]

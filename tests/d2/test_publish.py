@@ -7,11 +7,8 @@ from __future__ import annotations
 import plugins.d2  # noqa: F401  (first: detectron2._C stand-in)
 
 # isort: split
-import importlib
 import json
-import math
 import os
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +23,7 @@ from plugins.d2.engine import Trainer, load_checkpoint
 from plugins.data.shapes import SHAPES_CLASSES, ensure_shapes_dataset
 from plugins.publish import check_published_name, metrics_from_json_log
 from plugins.safe_load import load_checkpoint_file
+from tests.zoo_checks import assert_plain, import_tool, same_results
 
 REPO = Path(__file__).resolve().parents[2]
 DEMO = str(REPO / "configs" / "demo" / "efficientdet_shapes.yaml")
@@ -46,23 +44,6 @@ TINY = {
 OPTS = [x for pair in TINY.items() for x in pair]
 
 
-def _tool(name: str):
-    sys.path.insert(0, str(REPO / "tools"))
-    try:
-        return importlib.import_module(name)
-    finally:
-        sys.path.remove(str(REPO / "tools"))
-
-
-def _same(a, b) -> bool:
-    """Exact equality of nested results, NaN equal to NaN (COCO AP of an absent class)."""
-    if isinstance(a, dict) and isinstance(b, dict):
-        return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
-    if isinstance(a, float) and isinstance(b, float) and math.isnan(a) and math.isnan(b):
-        return True
-    return a == b
-
-
 def _run_train_net(monkeypatch, argv: list[str]) -> list[dict]:
     """tools/train_net.py in this process; every result ``Trainer.test`` returned."""
     seen: list[dict] = []
@@ -73,7 +54,7 @@ def _run_train_net(monkeypatch, argv: list[str]) -> list[dict]:
         return seen[-1]
 
     monkeypatch.setattr(Trainer, "test", classmethod(test))
-    assert _tool("train_net").run(argv) == 0
+    assert import_tool("train_net").run(argv) == 0
     monkeypatch.undo()
     return seen
 
@@ -89,19 +70,6 @@ def trained(tmp_path_factory):
     return out, published[0], results[0]
 
 
-def _exact_plain(value, where="meta") -> None:
-    if isinstance(value, dict):
-        assert type(value) is dict, where
-        for k, v in value.items():
-            assert type(k) is str, f"{where}: key {k!r}"
-            _exact_plain(v, f"{where}.{k}")
-    elif isinstance(value, (list, tuple)):
-        for i, v in enumerate(value):
-            _exact_plain(v, f"{where}[{i}]")
-    else:
-        assert value is None or type(value) in (bool, int, float, str), f"{where}: {type(value)}"
-
-
 def test_training_publishes_the_evaluated_ema_weights(trained):
     out, published, reported = trained
     sha = check_published_name(published)
@@ -115,17 +83,17 @@ def test_training_publishes_the_evaluated_ema_weights(trained):
         assert torch.equal(value, final["ema"]["state"][key]), key
     assert any(not torch.equal(v, final["model"][k]) for k, v in ckpt["model"].items())
     meta = ckpt["meta"]
-    _exact_plain(meta)
+    assert_plain(meta)
     assert meta["framework"] == "detectron2" and meta["architecture"] == "EfficientDet"
     assert meta["iteration"] == final["iteration"] == 2
     assert meta["ema"] == {"applied": True, "decay": 0.995, "num_updates": 3}
     assert meta["classes"] == list(SHAPES_CLASSES)
     assert "efficientdet_test" in meta["config"] and "PUBLISH" in meta["config"]
     assert {"torch", "detectron2", "plugins", "python"} <= set(meta["versions"])
-    assert _same(meta["metrics"], json.loads(json.dumps(reported)))
+    assert same_results(meta["metrics"], json.loads(json.dumps(reported)))
     # what metrics.json recorded after the last iteration
     logged = metrics_from_json_log(out / "metrics.json", "iteration", 3, nested=True)
-    assert _same(logged, meta["metrics"])
+    assert same_results(logged, meta["metrics"])
 
 
 def test_eval_only_on_the_published_file_reproduces_the_ap(trained, monkeypatch, tmp_path):
@@ -133,11 +101,11 @@ def test_eval_only_on_the_published_file_reproduces_the_ap(trained, monkeypatch,
     assert reported["bbox"]["AP50"] > 0  # something to reproduce
     args = ["--config-file", DEMO, "--eval-only", *OPTS, "MODEL.WEIGHTS", str(published)]
     results = _run_train_net(monkeypatch, [*args, "OUTPUT_DIR", str(tmp_path)])
-    assert len(results) == 1 and _same(dict(results[0]), dict(reported))
+    assert len(results) == 1 and same_results(dict(results[0]), dict(reported))
 
 
 def _cfg(weights: str):
-    cfg = _tool("train_net").load_config(DEMO, [*OPTS, "MODEL.WEIGHTS", weights])
+    cfg = import_tool("train_net").load_config(DEMO, [*OPTS, "MODEL.WEIGHTS", weights])
     return cfg
 
 
@@ -168,7 +136,7 @@ def test_detectron2_loaders_use_it_as_is(trained):
 
 def test_publish_tool_matches_the_end_of_training_file(trained, tmp_path, capsys):
     out, published, _ = trained
-    tool = _tool("publish_model")
+    tool = import_tool("publish_model")
     options = ["--cfg-options", *(f"{k}={v}" for k, v in TINY.items())]
     dest = tmp_path / "zoo" / "tiny_effdet.pth"
     assert tool.main([DEMO, str(out / "model_final.pth"), str(dest), *options]) == 0
@@ -179,8 +147,8 @@ def test_publish_tool_matches_the_end_of_training_file(trained, tmp_path, capsys
     auto = torch.load(published, weights_only=True)
     assert set(ours) == {"model", "meta"}
     assert all(torch.equal(ours["model"][k], v) for k, v in auto["model"].items())
-    _exact_plain(ours["meta"])
-    assert _same(ours["meta"]["metrics"], auto["meta"]["metrics"])  # from metrics.json
+    assert_plain(ours["meta"])
+    assert same_results(ours["meta"]["metrics"], auto["meta"]["metrics"])  # from metrics.json
     assert ours["meta"]["source"] == "model_final.pth" and ours["meta"]["iteration"] == 2
     # --no-ema: the trained weights ("model")
     assert tool.main([DEMO, str(out / "model_final.pth"), str(dest), "--no-ema", *options]) == 0

@@ -4,9 +4,7 @@
 
 from __future__ import annotations
 
-import importlib
 import os
-import sys
 from pathlib import Path
 
 import pytest
@@ -18,6 +16,7 @@ import plugins.mm  # noqa: F401  (registrations, safe checkpoint loading)
 from plugins.data.shapes import SHAPES_CLASSES, ensure_shapes_dataset
 from plugins.publish import check_published_name
 from plugins.safe_load import load_checkpoint_file
+from tests.zoo_checks import assert_plain, import_tool
 
 REPO = Path(__file__).resolve().parents[2]
 DEMO = REPO / "configs" / "mmdet" / "demo" / "efficientdet_shapes.py"
@@ -59,20 +58,12 @@ randomness = dict(seed=0)
 """
 
 
-def _tool(name: str):
-    sys.path.insert(0, str(REPO / "tools"))
-    try:
-        return importlib.import_module(name)
-    finally:
-        sys.path.remove(str(REPO / "tools"))
-
-
 def _test_metrics(monkeypatch, argv: list[str]) -> dict:
     """Run tools/mm_test.py in this process; the metrics ``Runner.test`` returned."""
     seen: list[dict] = []
     real_test = Runner.test
     monkeypatch.setattr(Runner, "test", lambda self: seen.append(real_test(self)) or seen[-1])
-    _tool("mm_test").main(argv)
+    import_tool("mm_test").main(argv)
     monkeypatch.undo()
     assert len(seen) == 1
     return seen[0]
@@ -86,23 +77,10 @@ def trained(tmp_path_factory):
     config.write_text(TINY_CONFIG)
     work = root / "work"
     torch.manual_seed(0)
-    _tool("mm_train").main([str(config), "--work-dir", str(work)])
+    import_tool("mm_train").main([str(config), "--work-dir", str(work)])
     published = sorted(work.glob("tiny_shapes-*.pth"))
     assert len(published) == 1, sorted(os.listdir(work))
     return config, work, published[0]
-
-
-def _exact_plain(value, where="meta") -> None:
-    if isinstance(value, dict):
-        assert type(value) is dict, where
-        for k, v in value.items():
-            assert type(k) is str, f"{where}: key {k!r}"
-            _exact_plain(v, f"{where}.{k}")
-    elif isinstance(value, (list, tuple)):
-        for i, v in enumerate(value):
-            _exact_plain(v, f"{where}[{i}]")
-    else:
-        assert value is None or type(value) in (bool, int, float, str), f"{where}: {type(value)}"
 
 
 def test_hook_publishes_the_evaluated_ema_weights(trained):
@@ -122,7 +100,7 @@ def test_hook_publishes_the_evaluated_ema_weights(trained):
         not torch.equal(v, raw["module." + k]) for k, v in ckpt["state_dict"].items()
     )  # the average differs from the trained weights after 2 iterations
     meta = ckpt["meta"]
-    _exact_plain(meta)
+    assert_plain(meta)
     assert meta["framework"] == "mmdetection" and meta["publish_format"] == 1
     assert (meta["epoch"], meta["iter"]) == (1, 2)
     assert meta["ema"]["applied"] is True and meta["ema"]["steps"] == 2
@@ -157,7 +135,7 @@ def test_init_detector_and_inferencer_load_it_as_is(trained):
 
 def test_publish_tool_on_a_training_checkpoint(trained, tmp_path, capsys):
     config, work, published = trained
-    tool = _tool("publish_model")
+    tool = import_tool("publish_model")
     out = tmp_path / "zoo" / "tiny.pth"
     assert tool.main([str(config), str(work / "epoch_1.pth"), str(out)]) == 0
     made = sorted(out.parent.glob("tiny-*.pth"))
@@ -169,7 +147,7 @@ def test_publish_tool_on_a_training_checkpoint(trained, tmp_path, capsys):
     for key, value in hooks["state_dict"].items():  # the same EMA weights as the hook's file
         assert torch.equal(ours["state_dict"][key], value), key
     meta = ours["meta"]
-    _exact_plain(meta)
+    assert_plain(meta)
     assert meta["metrics"] == hooks["meta"]["metrics"]  # found in the run's scalars.json
     assert meta["source"] == "epoch_1.pth" and meta["ema"]["applied"] is True
     # --no-ema: the trained weights, from ema_state_dict

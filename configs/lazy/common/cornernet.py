@@ -4,16 +4,14 @@
 # lr 2.45e-4 at batch 48 for 510,417 iterations (x0.1 at 459,375), pull / push 0.1, Gaussian
 # Soft-NMS at test on the original resolution.
 from detectron2.config import LazyCall as L
-from detectron2.solver import WarmupParamScheduler
-from detectron2.solver.build import get_default_optimizer_params
-from fvcore.common.param_scheduler import MultiStepParamScheduler
 
 from plugins.core.cornernet import CornerNetHead
 from plugins.core.hourglass import HourglassNet
 from plugins.d2.cornernet import CornerNet, CornerNetPredictor, HourglassBackbone
-from plugins.d2.lazy import optimizer_with_clipping
 
 from .data import detection_loaders, scale_jitter
+from .optim import optimizer_config
+from .schedule import warmup_multistep
 from .train import train
 
 model = L(CornerNet)(
@@ -70,21 +68,9 @@ dataloader = detection_loaders(
 )
 
 # Adam = AdamW without weight decay
-optimizer = L(optimizer_with_clipping)(
-    optimizer="AdamW",
-    params=L(get_default_optimizer_params)(weight_decay_norm=0.0),
-    lr=0.000245,
-    weight_decay=0.0,
-)
+optimizer = optimizer_config("AdamW", 0.000245, 0.0)
 
-lr_multiplier = L(WarmupParamScheduler)(
-    scheduler=L(MultiStepParamScheduler)(
-        values=[1.0, 0.1], milestones=[459375], num_updates=510417
-    ),
-    warmup_length=0.0,
-    warmup_factor=0.001,
-    warmup_method="linear",
-)
+lr_multiplier = warmup_multistep(510417, (459375,), 0, 0.001)
 
 train.max_iter = 510417
 train.checkpointer.period = 10000

@@ -9,14 +9,12 @@ from detectron2.modeling.backbone.fpn import LastLevelP6P7
 from detectron2.modeling.box_regression import Box2BoxTransform
 from detectron2.modeling.matcher import Matcher
 from detectron2.modeling.meta_arch.retinanet import RetinaNetHead
-from detectron2.solver import WarmupParamScheduler
-from detectron2.solver.build import get_default_optimizer_params
-from fvcore.common.param_scheduler import MultiStepParamScheduler
 
-from plugins.d2.lazy import optimizer_with_clipping
 from plugins.d2.retinanet import RetinaNetPlus
 
 from .data import detection_loaders, shortest_edge
+from .optim import optimizer_config
+from .schedule import warmup_multistep
 from .train import train
 
 model = L(RetinaNetPlus)(
@@ -84,24 +82,10 @@ dataloader = detection_loaders(
     num_workers=4,
 )
 
-optimizer = L(optimizer_with_clipping)(
-    optimizer="SGD",
-    params=L(get_default_optimizer_params)(weight_decay_norm=0.0),
-    lr=0.01,
-    momentum=0.9,
-    nesterov=False,
-    weight_decay=1e-4,
-)
+optimizer = optimizer_config("SGD", 0.01, 1e-4, momentum=0.9, nesterov=False)
 
 # 1x: 90k iterations, lr x0.1 at 60k and 80k, 1000 iterations of linear warm-up from 0.001 x lr
-lr_multiplier = L(WarmupParamScheduler)(
-    scheduler=L(MultiStepParamScheduler)(
-        values=[1.0, 0.1, 0.01], milestones=[60000, 80000], num_updates=90000
-    ),
-    warmup_length=1000 / 90000,
-    warmup_factor=0.001,
-    warmup_method="linear",
-)
+lr_multiplier = warmup_multistep(90000, (60000, 80000), 1000, 0.001)
 
 train.max_iter = 90000
 train.init_checkpoint = "detectron2://ImageNetPretrained/MSRA/R-50.pkl"

@@ -1,13 +1,12 @@
 # CPU demo: RetinaNetPlus (R-18, 64-channel FPN, from scratch) on the embedded Shapes dataset,
 # the LazyConfig twin of configs/demo/retinanet_shapes.yaml (see its header for the results):
 #   OMP_NUM_THREADS=1 python tools/lazyconfig_train_net.py --config-file configs/lazy/demo/retinanet_shapes.py
-from detectron2.config import LazyCall as L
 from detectron2.layers import ShapeSpec
-from detectron2.solver import WarmupParamScheduler
-from fvcore.common.param_scheduler import CosineParamScheduler
 
-from ..common.data import detection_loaders, shortest_edge
-from ..common.retinanet import model, optimizer, train
+from ..common.data import shortest_edge
+from ..common.demo import adamw, cpu_demo, shapes_loaders
+from ..common.retinanet import model, train
+from ..common.schedule import warmup_cosine
 
 resnet = model.backbone.bottom_up
 resnet.freeze_at = 0  # train the stem too (from scratch)
@@ -28,34 +27,8 @@ model.num_classes = 6
 model.pixel_std = [57.375, 57.120, 58.395]  # BGR ImageNet std (BN trained from scratch)
 model.nms_type = "gaussian"
 
-dataloader = detection_loaders(
-    shortest_edge((224, 256, 288), 320),
-    test_min_size=256,
-    test_max_size=320,
-    image_format="BGR",
-    train="shapes_train",
-    test="shapes_val",
-    filter_empty=False,  # keep the 4 images without objects, as the YAML twin
-    batch_size=8,
-    num_workers=0,
-)
-
-optimizer.optimizer = "AdamW"
-optimizer.lr = 0.001
-optimizer.weight_decay = 0.0001
-del optimizer.momentum
-del optimizer.nesterov
-
-lr_multiplier = L(WarmupParamScheduler)(
-    scheduler=L(CosineParamScheduler)(start_value=1.0, end_value=0.0),
-    warmup_length=50 / 320,
-    warmup_factor=0.01,
-    warmup_method="linear",
-)
-
-train.max_iter = 320
+dataloader = shapes_loaders(shortest_edge((224, 256, 288), 320), 256, 320, "BGR", workers=0)
+optimizer = adamw(0.001, 0.0001)
+lr_multiplier = warmup_cosine(320, 50, 0.01)
+cpu_demo(train, 320, "retinanet_shapes")
 train.init_checkpoint = ""
-train.checkpointer.period = 100000
-train.device = "cpu"
-train.seed = 42
-train.output_dir = "./output/lazy_demo_retinanet_shapes"
