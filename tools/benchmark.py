@@ -352,6 +352,8 @@ def _build_focal(p: dict, device: str, only: str | None = None) -> Bench:
     }
     skipped = {}
     try:
+        if p.get("mmdet") is False:  # tools/gpu_check.py: not this peer (mmdet imports seconds)
+            raise ImportError("left out by the caller")
         from mmdet.models.losses.focal_loss import py_sigmoid_focal_loss
 
         impls["mmdet (py)"] = run(
