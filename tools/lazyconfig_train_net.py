@@ -58,6 +58,13 @@ from plugins.d2.publish import publish_state  # noqa: E402
 
 logger = logging.getLogger("plugins.lazyconfig_train_net")
 
+#: Errors reported as one line (and exit status 1), with their kind.
+_PROBLEMS = (
+    (LazyConfigError, "invalid config"),
+    (DatasetMissingError, "missing dataset"),
+    (CheckpointLoadError, "bad checkpoint"),
+)
+
 
 def _names(dataset_node) -> list[str]:
     names = dataset_node.names
@@ -241,12 +248,8 @@ def run(argv: list[str] | None = None) -> int:
             dist_url=args.dist_url,
             args=(args,),
         )
-    except (LazyConfigError, DatasetMissingError, CheckpointLoadError) as e:
-        kind = {
-            LazyConfigError: "invalid config",
-            DatasetMissingError: "missing dataset",
-            CheckpointLoadError: "bad checkpoint",
-        }[type(e)]
+    except tuple(cls for cls, _ in _PROBLEMS) as e:
+        kind = next(name for cls, name in _PROBLEMS if isinstance(e, cls))
         if comm.is_main_process():
             print(f"lazyconfig_train_net.py: error: {kind}: {e}", file=sys.stderr)
         return 1

@@ -6,7 +6,7 @@ Works for Detectron2 (YAML or LazyConfig) and MMDetection checkpoints of the plu
     python tools/publish_model.py configs/demo/efficientdet_shapes.yaml output/demo/model_final.pth
     python tools/publish_model.py configs/lazy/efficientdet_d0.py output/model_0089999.pth
     python tools/publish_model.py configs/mmdet/demo/efficientdet_shapes.py work_dirs/x/epoch_25.pth
-    python tools/publish_model.py CONFIG CHECKPOINT zoo/effdet_d0_coco.pth  # -> zoo/effdet_d0_coco-<sha8>.pth
+    python tools/publish_model.py CONFIG CHECKPOINT zoo/d0_coco.pth  # -> zoo/d0_coco-<sha8>.pth
 
 The framework comes from the checkpoint (``"model"``: Detectron2, ``"state_dict"``:
 MMDetection) and must agree with the config, whose model must accept the weights (same keys

@@ -232,8 +232,8 @@ def publish_state(
 def publish_trainer(trainer) -> str | None:
     """End-of-training publish for :class:`plugins.d2.engine.Trainer` (``PUBLISH.ENABLED``).
 
-    Publishes on the main process, when the run reached ``SOLVER.MAX_ITER``; the metrics are those of the final
-    evaluation (``trainer._last_eval_results``), ``{}`` when there was none.
+    Publishes on the main process, when the run reached ``SOLVER.MAX_ITER``; the metrics are
+    those of the final evaluation (``trainer._last_eval_results``), ``{}`` when there was none.
 
     Returns:
         The published path, or ``None`` when disabled or not finished.

@@ -31,17 +31,7 @@ from mmengine.dist import is_main_process
 from mmengine.hooks import EMAHook, Hook
 from mmengine.model import is_model_wrapper
 
-from plugins.publish import (
-    META_KEY,
-    PUBLISH_FORMAT,
-    PublishError,
-    check_state_dict_matches,
-    metrics_from_json_log,
-    package_versions,
-    save_published,
-    to_plain,
-    utc_now,
-)
+import plugins.publish as zoo
 
 __all__ = [
     "PluginsPublishHook",
@@ -81,17 +71,17 @@ def build_published(
     """
     meta = dict(meta)
     meta.update(
-        publish_format=PUBLISH_FORMAT,
+        publish_format=zoo.PUBLISH_FORMAT,
         framework="mmdetection",
         metrics=dict(metrics),
         metrics_source=metrics_source,
         ema=dict(ema),
         source=source,
-        versions=package_versions(_MM_MODULES),
-        date=utc_now(),
+        versions=zoo.package_versions(_MM_MODULES),
+        date=zoo.utc_now(),
     )
     weights = {k: v.detach().to("cpu", copy=True) for k, v in state_dict.items()}
-    return {"state_dict": weights, META_KEY: to_plain(meta)}
+    return {"state_dict": weights, zoo.META_KEY: zoo.to_plain(meta)}
 
 
 def _ema_hook(runner) -> EMAHook | None:
@@ -145,7 +135,7 @@ def publish_runner(
         filename = runner.cfg.filename
         name = osp.splitext(osp.basename(filename))[0] if filename else "model"
     published = build_published(state, _runner_meta(runner), metrics=metrics or {}, ema=ema)
-    path = save_published(published, out_dir or runner.work_dir, name)
+    path = zoo.save_published(published, out_dir or runner.work_dir, name)
     runner.logger.info(f"Published {path} ({'EMA' if hook else 'trained'} weights)")
     return path
 
@@ -196,8 +186,8 @@ def evaluation_weights(checkpoint: Mapping[str, Any], use_ema: bool = True) -> t
     """
     if not isinstance(checkpoint, Mapping) or "state_dict" not in checkpoint:
         keys = sorted(checkpoint) if isinstance(checkpoint, Mapping) else type(checkpoint)
-        raise PublishError(f"checkpoint: expected an mmengine 'state_dict' entry, got {keys}")
-    meta = checkpoint.get(META_KEY) if isinstance(checkpoint.get(META_KEY), Mapping) else {}
+        raise zoo.PublishError(f"checkpoint: expected an mmengine 'state_dict' entry, got {keys}")
+    meta = checkpoint.get(zoo.META_KEY) if isinstance(checkpoint.get(zoo.META_KEY), Mapping) else {}
     averaged = checkpoint.get("ema_state_dict")
     if isinstance(averaged, Mapping):
         steps = averaged.get("steps")
@@ -225,7 +215,7 @@ def logged_metrics(checkpoint_path: str, meta: Mapping[str, Any]) -> tuple[dict,
         if not isinstance(step, int):
             continue
         for log in logs:
-            metrics = metrics_from_json_log(log, "step", step)
+            metrics = zoo.metrics_from_json_log(log, "step", step)
             if metrics:
                 return metrics, f"{log}, {key} {step}"
     return {}, ""
@@ -261,8 +251,8 @@ def publish_checkpoint(
         PublishError: no weights, or they do not fit the config's model.
     """
     state, ema = evaluation_weights(checkpoint, use_ema)
-    check_state_dict_matches(state, model.state_dict(), f"{checkpoint_path} with this config")
-    meta = dict(checkpoint.get(META_KEY) or {})
+    zoo.check_state_dict_matches(state, model.state_dict(), f"{checkpoint_path} with this config")
+    meta = dict(checkpoint.get(zoo.META_KEY) or {})
     meta["cfg"] = config
     if "dataset_meta" not in meta and dataset_meta:
         meta["dataset_meta"] = dict(dataset_meta)
@@ -277,4 +267,4 @@ def publish_checkpoint(
         source=os.path.basename(checkpoint_path),
         metrics_source=source or "none found",
     )
-    return save_published(published, out_dir, name)
+    return zoo.save_published(published, out_dir, name)
