@@ -175,6 +175,7 @@ class Ctx:
     repeats: int = 5
     warmup: int = 1
     last_row_s: float = 0.0
+    d2_iters: int = 300
 
     @property
     def cuda(self) -> bool:
@@ -626,7 +627,7 @@ def d2_train_command(ctx: Ctx, out_dir: Path) -> tuple[list[str], list[str]]:
         shm = shutil.disk_usage("/dev/shm").free if os.path.isdir("/dev/shm") else 0
         workers = 4 if shm > 2**30 else 0
         notes.append(f"{workers} data-loader workers (/dev/shm free {shm / 2**30:.1f} GiB)")
-        cmd += ["SOLVER.AMP.ENABLED", "True", "SOLVER.MAX_ITER", "300"]
+        cmd += ["SOLVER.AMP.ENABLED", "True", "SOLVER.MAX_ITER", str(ctx.d2_iters)]
         cmd += ["DATALOADER.NUM_WORKERS", str(workers)]
     else:
         notes.append("AMP off: Detectron2's AMPTrainer needs CUDA")
@@ -740,6 +741,7 @@ def child_main(job_file: Path) -> int:
         deadline = part_deadline(time.time(), job["end"], todo[i:])
         rec = Recorder(state / f"{name}.json", deadline)
         ctx = Ctx(job["device"], job["quick"], deadline, Path(job["out"]), state)
+        ctx.d2_iters = job["d2_iters"]
         print(f"[{name}] cap {deadline - time.time():.0f} s", flush=True)
         if job["end"] - time.time() < 2:
             rec.finish("skipped", "no time left in the budget")
@@ -911,6 +913,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--parts", default="all", help=f"comma-separated subset of {','.join(PART_NAMES)}"
     )
+    parser.add_argument(
+        "--d2-iters", type=int, default=300, help="iterations of the CUDA demo training (300)"
+    )
     parser.add_argument("--_child", dest="child", help=argparse.SUPPRESS)
     return parser.parse_args(argv)
 
@@ -971,6 +976,7 @@ def main(argv: list[str] | None = None) -> int:
         threads = []
         for i, lane in enumerate(lanes):
             job = dict(parts=lane, end=start + budget, device=args.device, quick=args.quick)
+            job["d2_iters"] = args.d2_iters
             job_file = state / f"job_{i}.json"
             job_file.write_text(json.dumps(dict(job, out=str(out))))
             threads.append(threading.Thread(target=run_children, args=(job_file, report)))
