@@ -12,9 +12,11 @@
 # portalocker, tensorboard, ... and no network. It lacks Detectron2 and most of its
 # dependencies, effdet and pycocotools; those travel as wheels (64 MiB at most with the tree):
 #   - Detectron2 v0.6: the registry's pb1-detectron2 source built without its C++ extension
-#     (as tools/setup_env.sh installs it), with one change: the default argument
+#     (as tools/setup_env.sh installs it), with two changes: the default argument
 #     `interp=Image.LINEAR` of ExtentTransform becomes `Image.BILINEAR` (the same value; Pillow
-#     10 removed the LINEAR alias and Detectron2 0.6 reads it at import);
+#     10 removed the LINEAR alias and Detectron2 0.6 reads it at import), and the model zoo
+#     finds its configs next to its own file instead of through pkg_resources (setuptools 81
+#     and later have no pkg_resources; plugins.d2 imports detectron2.model_zoo);
 #   - fvcore, iopath, yacs, termcolor, omegaconf, hydra-core, antlr4-python3-runtime, effdet
 #     (pure Python, the versions installed in .venv), pycocotools (the binary wheel for the
 #     device's CPython), and this project.
@@ -96,11 +98,18 @@ import pathlib
 import sys
 
 src = pathlib.Path(sys.argv[1])
-edits = {
-    "setup.py": ("ext_modules=get_extensions(),", "ext_modules=[],"),
-    "detectron2/data/transforms/transform.py": ("interp=Image.LINEAR,", "interp=Image.BILINEAR,"),
-}
-for rel, (old, new) in edits.items():
+zoo_call = 'pkg_resources.resource_filename(\n        "detectron2.model_zoo", os.path.join("configs", config_path)\n    )'
+edits = [
+    ("setup.py", "ext_modules=get_extensions(),", "ext_modules=[],"),
+    ("detectron2/data/transforms/transform.py", "interp=Image.LINEAR,", "interp=Image.BILINEAR,"),
+    ("detectron2/model_zoo/model_zoo.py", "import pkg_resources\n", ""),
+    (
+        "detectron2/model_zoo/model_zoo.py",
+        zoo_call,
+        'os.path.join(os.path.dirname(__file__), "configs", config_path)',
+    ),
+]
+for rel, old, new in edits:
     path = src / rel
     text = path.read_text()
     if text.count(old) != 1:

@@ -75,12 +75,13 @@ def _norm(name: str) -> str:
 
 
 def blocked_modules(target: Path) -> set[str]:
-    """Top-level modules installed here whose distributions the device (+ target) lacks."""
+    """Top-level modules installed here whose distributions the device (+ target) lacks, and
+    ``pkg_resources`` (setuptools 81 and later, maybe the device's, have none)."""
     allowed = {_norm(d) for d in DEVICE_IMAGE}
     allowed |= {
         _norm(d.metadata["Name"]) for d in importlib.metadata.distributions(path=[str(target)])
     }
-    blocked = set()
+    blocked = {"pkg_resources"}
     for module, dists in importlib.metadata.packages_distributions().items():
         if module in sys.stdlib_module_names or module == "plugins":
             continue
