@@ -850,7 +850,7 @@ def render_markdown(result: dict) -> str:
     for name, part in result["parts"].items():
         lines += [f"## {result['titles'][name]} (`{name}`)", ""]
         took = part.get("ended", part.get("started", 0)) - part.get("started", 0)
-        cap = part.get("deadline", part.get("started", 0)) - part.get("started", 0)
+        cap = max(0.0, part.get("deadline", part.get("started", 0)) - part.get("started", 0))
         status = f"Status: **{part['status']}** after {took:.1f} s (cap {cap:.0f} s)."
         if part.get("error"):
             status += f" {part['error'].strip().splitlines()[-1][:400]}"
