@@ -45,7 +45,8 @@ def test_config_loads_and_builds(path):
         else torch.device("cpu")
     ):
         model = MODELS.build(model_cfg)
-    assert model.bbox_head is not None
+    head = model.roi_head if hasattr(model, "roi_head") else model.bbox_head  # two-stage
+    assert head is not None
     if path.stem.startswith("efficientdet_d"):
         variant = EFFICIENTDET_VARIANTS[path.stem]
         count = sum(p.numel() for p in model.parameters())
