@@ -99,12 +99,12 @@ class Part:
 
 PARTS: tuple[Part, ...] = (
     Part("env", "Environment", 1),
-    Part("pytest_gpu", "CUDA tests (`pytest -m gpu`)", 8),
+    Part("pytest_gpu", "CUDA tests (`pytest -m gpu`)", 12),
     Part("soft_nms", "Soft-NMS, 80 classes: CUDA vs CPU path (and mmcv)", 7),
     Part("ops", "Focal loss and corner pooling, forward + backward", 4),
     Part("d2_train", "Detectron2 training of the EfficientDet demo (AMP) + evaluation", 22),
     Part("effdet_infer", "EfficientDet D0-D3 inference, eager, channels-last", 11),
-    Part("effdet_compile", "EfficientDet D0-D3 inference, torch.compile, channels-last", 20),
+    Part("effdet_compile", "EfficientDet D0-D3 inference, torch.compile, channels-last", 16),
     Part("effdet_train", "EfficientDet AMP-bf16 training step, largest batch", 10),
     Part("cornernet", "CornerNet Hourglass-104 forward", 12),
 )
@@ -339,7 +339,8 @@ def part_pytest_gpu(ctx: Ctx, rec: Recorder) -> None:
         raise RuntimeError("no test file under tests/ uses the gpu marker")
     rec.result("test files with the gpu marker", ", ".join(Path(f).name for f in files))
     xml = ctx.out / "pytest_gpu.xml"
-    args = ["-m", "gpu", "-q", "-p", "no:cacheprovider", f"--junitxml={xml}"]
+    # -v: one line per test in the log, which survives a stop at the cap (the XML does not)
+    args = ["-m", "gpu", "-v", "-p", "no:cacheprovider", f"--junitxml={xml}"]
     args += ["--rootdir", str(REPO), *files]
     rec.result("command", "`pytest " + " ".join(shlex.quote(a) for a in args) + "`")
     code = int(pytest.main(args))
