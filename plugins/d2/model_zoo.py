@@ -19,7 +19,7 @@ from __future__ import annotations
 import os
 from typing import IO, Any
 
-from detectron2 import model_zoo
+import detectron2
 from detectron2.utils.file_io import PathManager
 from iopath.common.file_io import PathHandler
 
@@ -35,7 +35,9 @@ def model_zoo_config_path(path: str) -> str:
     Raises:
         FileNotFoundError: no such config in the installed model zoo (the message names it).
     """
-    root = os.path.dirname(model_zoo.get_config_file("Base-RCNN-FPN.yaml"))
+    # the files detectron2.model_zoo.get_config_file reads, found without importing that
+    # module (it needs pkg_resources, which setuptools >= 81 no longer ships)
+    root = os.path.join(os.path.dirname(detectron2.__file__), "model_zoo", "configs")
     rel = os.path.normpath(path[len(MODEL_ZOO_PREFIX) :])
     local = os.path.join(root, rel)
     if rel.startswith("..") or not os.path.isfile(local):
