@@ -29,8 +29,10 @@ from detectron2.engine import default_argument_parser, default_setup, launch  # 
 from detectron2.utils import comm  # noqa: E402
 
 from plugins.d2 import add_plugins_config  # noqa: E402
+from plugins.d2.data_check import check_dataset_contents  # noqa: E402
 from plugins.d2.datasets import DatasetMissingError, check_datasets  # noqa: E402
 from plugins.d2.engine import CheckpointLoadError, Trainer, load_checkpoint  # noqa: E402
+from plugins.data.check import DatasetCheckError  # noqa: E402
 
 logger = logging.getLogger("plugins.train_net")
 
@@ -69,6 +71,7 @@ def main(args) -> dict | None:
     cfg = load_config(args.config_file, args.opts)
     default_setup(cfg, args)
     if args.eval_only:
+        check_dataset_contents(cfg)  # in this process too: the test loaders drop bad boxes
         model = Trainer.build_model(cfg)
         load_checkpoint(cfg, model, cfg.MODEL.WEIGHTS)
         return Trainer.test(cfg, model)
@@ -84,6 +87,7 @@ def run(argv: list[str] | None = None) -> int:
         # fail before spawning workers: bad keys and missing datasets are found here
         cfg = load_config(args.config_file, args.opts)
         check_datasets(list(cfg.DATASETS.TRAIN) + list(cfg.DATASETS.TEST))
+        check_dataset_contents(cfg)
         if args.eval_only and not cfg.MODEL.WEIGHTS:
             raise CheckpointLoadError("--eval-only needs MODEL.WEIGHTS <checkpoint>")
         if args.num_gpus > 1 and cfg.MODEL.DEVICE == "cpu":
@@ -99,10 +103,11 @@ def run(argv: list[str] | None = None) -> int:
             dist_url=args.dist_url,
             args=(args,),
         )
-    except (ConfigError, DatasetMissingError, CheckpointLoadError) as e:
+    except (ConfigError, DatasetMissingError, DatasetCheckError, CheckpointLoadError) as e:
         kind = {
             ConfigError: "invalid config",
             DatasetMissingError: "missing dataset",
+            DatasetCheckError: "bad dataset",
             CheckpointLoadError: "bad checkpoint",
         }[type(e)]
         if comm.is_main_process():

@@ -11,6 +11,8 @@ ETA, periodic checkpoints, ``AMPTrainer`` when ``SOLVER.AMP.ENABLED``, the
 - ``MODEL.EMA``: weight averaging (:mod:`plugins.d2.ema`), checkpointed under ``"ema"`` and
   used for every evaluation;
 - early, readable errors: missing datasets (:func:`plugins.d2.datasets.check_datasets`),
+  broken dataset contents (:func:`plugins.d2.data_check.check_dataset_contents`; the boxes it
+  drops are dropped from the loaders and the evaluator's ground truth too),
   unreadable checkpoints (:class:`CheckpointLoadError`), AMP without CUDA.
 """
 
@@ -32,6 +34,7 @@ from torch import nn
 from plugins.core.variants import get_variant
 
 from ._compat import HAS_D2_C
+from .data_check import check_dataset_contents, drop_bad_ground_truth
 from .datasets import check_datasets, prepare_dataset
 from .ema import EMAHook, ModelEMA, unwrap_model
 from .publish import is_published_ema, publish_trainer
@@ -125,6 +128,7 @@ class Trainer(DefaultTrainer):
 
     def __init__(self, cfg) -> None:
         check_datasets(list(cfg.DATASETS.TRAIN) + list(cfg.DATASETS.TEST))
+        check_dataset_contents(cfg)  # also makes Detectron2 drop the boxes it reports
         if cfg.SOLVER.AMP.ENABLED and not torch.cuda.is_available():
             raise ValueError(
                 "SOLVER.AMP.ENABLED: mixed precision (detectron2's AMPTrainer) needs CUDA; "
@@ -138,9 +142,10 @@ class Trainer(DefaultTrainer):
     def build_evaluator(cls, cfg, dataset_name: str, output_folder: str | None = None):
         prepare_dataset(dataset_name)
         output_folder = output_folder or os.path.join(cfg.OUTPUT_DIR, "inference")
-        return COCOEvaluator(
+        evaluator = COCOEvaluator(
             dataset_name, tasks=("bbox",), output_dir=output_folder, use_fast_impl=HAS_D2_C
         )
+        return drop_bad_ground_truth(evaluator, dataset_name)
 
     @classmethod
     def build_train_loader(cls, cfg):
