@@ -15,6 +15,7 @@ import plugins.d2  # noqa: F401  (first: stands in for a missing detectron2._C)
 # isort: split
 from plugins.core.image_input import as_three_channels, pad_for_resize, resized_size
 from plugins.d2.predictor import Predictor
+from tests.d2.test_train_net import TINY as EFFICIENTDET_TINY
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "tools"))
@@ -22,18 +23,11 @@ import train_net  # noqa: E402
 
 # random weights; score threshold 0 so that every image gives detections to compare
 TINY = {
-    "efficientdet_shapes.yaml": [
-        "MODEL.EFFICIENTDET.VARIANT", "efficientdet_test",
-        "MODEL.EFFICIENTDET.FPN_CHANNELS", "0",
-        "MODEL.EFFICIENTDET.FPN_REPEATS", "0",
-        "MODEL.EFFICIENTDET.HEAD_REPEATS", "0",
-        "MODEL.EFFICIENTDET.SCORE_THRESH_TEST", "0.0",
-        "MODEL.EFFICIENTDET.TOPK_CANDIDATES_TEST", "50",
-    ],
+    "efficientdet_shapes.yaml": EFFICIENTDET_TINY,
     "retinanet_shapes.yaml": ["MODEL.RETINANET.SCORE_THRESH_TEST", "0.0"],
     "cornernet_shapes.yaml": ["MODEL.CORNERNET.DISTANCE_THRESHOLD", "1e9"],
 }  # fmt: skip
-SMALL = ["INPUT.MIN_SIZE_TEST", "128", "INPUT.MAX_SIZE_TEST", "128"]
+SMALL = ["INPUT.MIN_SIZE_TEST", "128", "INPUT.MAX_SIZE_TEST", "128"]  # as EFFICIENTDET_TINY
 
 
 @functools.cache

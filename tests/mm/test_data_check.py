@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import importlib.util
 import math
-import sys
 from pathlib import Path
 
 import mmdet.models  # noqa: F401
@@ -16,23 +14,13 @@ import plugins.mm  # noqa: F401
 from plugins.data.check import DatasetCheckError
 from plugins.mm.data_check import prepare_datasets
 from tests.coco_files import edit_json, write_coco
+from tests.mm.test_tools import _load_tool
 
 REPO = Path(__file__).resolve().parents[2]
 DEMO = REPO / "configs" / "mmdet" / "demo" / "efficientdet_shapes.py"
 NAN, INF = math.nan, math.inf
 
 register_all_modules(init_default_scope=True)
-
-
-def _load_tool(name: str):
-    spec = importlib.util.spec_from_file_location(f"_tool_{name}", REPO / "tools" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.path.insert(0, str(REPO / "tools"))
-    try:
-        spec.loader.exec_module(module)
-    finally:
-        sys.path.remove(str(REPO / "tools"))
-    return module
 
 
 def _config(tmp_path: Path, **kwargs) -> Path:
