@@ -105,7 +105,7 @@ def _first_line(exc: BaseException) -> str:
 
 def _require_complete_fit(model, checkpoint: str, framework: str) -> None:
     """A deployed model must get every tensor from the checkpoint, and use all of it."""
-    from plugins.convert.match import match_weights
+    from plugins.convert.match import check_weights_match
     from plugins.safe_load import load_checkpoint_file
 
     data = load_checkpoint_file(checkpoint)
@@ -123,7 +123,7 @@ def _require_complete_fit(model, checkpoint: str, framework: str) -> None:
     if shapes and all(k.startswith("module.") for k in shapes):
         shapes = {k[len("module.") :]: v for k, v in shapes.items()}
     mine = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-    report = match_weights(mine, shapes)
+    report = check_weights_match(mine, shapes, checkpoint, framework)  # raises: another model
     if not report.is_complete:
         raise ToolError(
             f"checkpoint: {checkpoint} does not fit the config's model: {report.summary(checkpoint)}"

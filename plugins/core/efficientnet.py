@@ -94,9 +94,17 @@ def round_repeats(repeats: int, depth_mult: float = 1.0) -> int:
 
 
 def _same_pad_amount(size: int, kernel: int, stride: int, dilation: int = 1) -> int:
-    """Total TF-"SAME" padding along one axis for an input of ``size`` pixels."""
+    """Total TF-"SAME" padding along one axis for an input of ``size`` pixels.
+
+    ``size`` may be a symbolic size (``torch.SymInt``, dynamic-shape export): no branch on it.
+    """
     out = -(-size // stride)
-    return max((out - 1) * stride + (kernel - 1) * dilation + 1 - size, 0)
+    return torch.sym_max((out - 1) * stride + (kernel - 1) * dilation + 1 - size, 0)
+
+
+def _symbolic(*sizes: object) -> bool:
+    """Whether any size is symbolic (``torch.SymInt`` while exporting with dynamic shapes)."""
+    return not all(isinstance(s, int) for s in sizes)
 
 
 class Conv2dSame(nn.Conv2d):
@@ -104,7 +112,9 @@ class Conv2dSame(nn.Conv2d):
 
     The padding (possibly one pixel more at the bottom/right) is computed once per input size
     and cached; symmetric cases are handed to the convolution itself so that no padded copy of
-    the input is made.
+    the input is made. At a fixed size (``torch.export``, ONNX) the padding is a constant;
+    with symbolic sizes (dynamic shapes) it is an explicit ``F.pad`` of the symbolic amounts,
+    not cached: the same values either way.
     """
 
     def __init__(self, *args, **kwargs) -> None:
@@ -114,12 +124,19 @@ class Conv2dSame(nn.Conv2d):
             tuple[int, int], tuple[tuple[int, int, int, int], tuple[int, int]]
         ] = {}
 
+    def _amounts(self, h: int, w: int) -> tuple[int, int]:
+        ph = _same_pad_amount(h, self.kernel_size[0], self.stride[0], self.dilation[0])
+        pw = _same_pad_amount(w, self.kernel_size[1], self.stride[1], self.dilation[1])
+        return ph, pw
+
     def _plan(self, h: int, w: int) -> tuple[tuple[int, int, int, int], tuple[int, int]]:
+        if _symbolic(h, w):
+            ph, pw = self._amounts(h, w)
+            return (pw // 2, pw - pw // 2, ph // 2, ph - ph // 2), (0, 0)
         key = (h, w)
         plan = self._pad_cache.get(key)
         if plan is None:
-            ph = _same_pad_amount(h, self.kernel_size[0], self.stride[0], self.dilation[0])
-            pw = _same_pad_amount(w, self.kernel_size[1], self.stride[1], self.dilation[1])
+            ph, pw = self._amounts(h, w)
             if ph % 2 == 0 and pw % 2 == 0:
                 plan = ((0, 0, 0, 0), (ph // 2, pw // 2))
             else:
@@ -129,7 +146,7 @@ class Conv2dSame(nn.Conv2d):
 
     def forward(self, x: Tensor) -> Tensor:
         explicit, implicit = self._plan(x.shape[-2], x.shape[-1])
-        if explicit != (0, 0, 0, 0):
+        if _symbolic(*explicit) or explicit != (0, 0, 0, 0):
             x = F.pad(x, explicit)
         return F.conv2d(
             x, self.weight, self.bias, self.stride, implicit, self.dilation, self.groups
@@ -171,6 +188,10 @@ class MaxPool2dSame(nn.Module):
         self._plan_cache: dict[tuple[int, int], tuple] = {}
 
     def _plan(self, h: int, w: int) -> tuple:
+        if _symbolic(h, w):  # dynamic shapes: explicit -inf padding of symbolic amounts
+            ph = _same_pad_amount(h, self.kernel_size, self.stride)
+            pw = _same_pad_amount(w, self.kernel_size, self.stride)
+            return ("explicit", (pw // 2, pw - pw // 2, ph // 2, ph - ph // 2), False)
         key = (h, w)
         plan = self._plan_cache.get(key)
         if plan is None:

@@ -18,6 +18,7 @@ from plugins.export.detector import (
     CornerDecoder,
     ExportableDetector,
     Selection,
+    corner_head_last_level,
     efficientdet_box_decoder,
 )
 
@@ -84,7 +85,7 @@ class _CornerNetwork(nn.Module):
 
     def forward(self, images: Tensor):
         feats = self.backbone(images)
-        return self.head([feats[name] for name in self.backbone._out_features])
+        return corner_head_last_level(self.head.net, feats[self.backbone._out_features[-1]])
 
 
 def _nms_iou(model: nn.Module, family: str, override: float | None) -> tuple[float, str]:

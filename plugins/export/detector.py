@@ -52,6 +52,7 @@ __all__ = [
     "CornerDecoder",
     "ExportableDetector",
     "Selection",
+    "corner_head_last_level",
     "efficientdet_box_decoder",
 ]
 
@@ -164,6 +165,13 @@ class AnchorDecoder(nn.Module):
         scores_t = torch.cat(scores, 1)
         boxes = self.decode(torch.cat(codes, 1), torch.cat(anchors, 1))
         return boxes, scores_t, torch.cat(labels, 1), scores_t > self.score_threshold
+
+
+def corner_head_last_level(head: nn.Module, feat: Tensor) -> dict[str, list[Tensor | None]]:
+    """The outputs of a core :class:`~plugins.core.cornernet.CornerNetHead` that inference
+    uses: its last level on the last stack's feature, as one-entry lists (the other levels
+    exist for intermediate supervision; leaving them out of the graph changes no value)."""
+    return {key: [value] for key, value in head.levels[-1](feat).items()}
 
 
 class CornerDecoder(nn.Module):

@@ -21,6 +21,7 @@ from plugins.export.detector import (
     CornerDecoder,
     ExportableDetector,
     Selection,
+    corner_head_last_level,
     efficientdet_box_decoder,
 )
 
@@ -40,7 +41,6 @@ MMCV_SPLIT_THR = 10000
 """``mmcv.ops.batched_nms`` default ``split_thr``: fewer boxes are shifted by class."""
 
 _TORCHVISION_SHIFT_LIMIT = 1000  # the core's hard NMS calls torchvision's batched_nms
-_CORNER_KEYS = ("tl_heat", "br_heat", "tl_emb", "br_emb", "tl_off", "br_off")
 
 
 def family_of(model: nn.Module) -> str:
@@ -76,10 +76,10 @@ class _Network(nn.Module):
         self.corner = corner
 
     def forward(self, images: Tensor):
-        outs = self.model.bbox_head(self.model.extract_feat(images))
+        feats = self.model.extract_feat(images)
         if self.corner:
-            return {key: list(value) for key, value in zip(_CORNER_KEYS, outs)}
-        return outs
+            return corner_head_last_level(self.model.bbox_head.net, feats[-1])
+        return self.model.bbox_head(feats)
 
 
 def _test_cfg(head: nn.Module) -> Mapping:

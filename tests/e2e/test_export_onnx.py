@@ -1,0 +1,368 @@
+"""ONNX export proof: the exported graphs reproduce the frameworks' own predictions in onnxruntime.
+
+For the demo model of each family (EfficientDet, RetinaNet, CornerNet) in both frameworks, with
+random (seeded, perturbed) weights saved as a checkpoint: ``tools/export_onnx.py`` exports the
+config + checkpoint at 128 px with batch 2; onnxruntime runs the graph on embedded Shapes val
+images; the framework's own inference (``model(...)`` / ``model.predict``) runs on the same
+pixels with the NMS the graph uses (hard NMS at the config's IoU threshold; the demo configs
+ask for Gaussian soft-NMS, which has no ONNX operator). The kept detections must be the same:
+same count, labels, scores within 1e-4, boxes within 1e-3 of the image size. A full-size D0
+at 512 px is checked the same way (slow: one large export).
+
+Bad input: unknown config type, checkpoints that do not fit the config, a size the model cannot
+take, an input of the wrong shape, an existing foreign output file, a failing export (nothing
+half-written is left).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import plugins.d2  # noqa: F401  (first: installs the detectron2._C stand-in when needed)
+
+# isort: split
+import cv2
+import numpy as np
+import pytest
+import torch
+from mmdet.structures import DetDataSample
+from mmengine.registry import init_default_scope
+
+import plugins.d2.export as d2_export
+import plugins.mm  # noqa: F401  (registration)
+import plugins.mm.export as mm_export
+from plugins.core.corner_pool import _SCAN, _running_max_by_doubling, corner_pool
+from plugins.data.shapes import ensure_shapes_dataset
+from plugins.export import onnx as export_io
+
+REPO = Path(__file__).resolve().parents[2]
+SIZE = 128
+BATCH = 2
+NUM_IMAGES = 4
+SCORE_ATOL = 1e-4
+BOX_ATOL = 1e-3  # of the image size
+
+CONFIGS = {
+    ("d2", "efficientdet"): "configs/demo/efficientdet_shapes.yaml",
+    ("d2", "retinanet"): "configs/demo/retinanet_shapes.yaml",
+    ("d2", "cornernet"): "configs/demo/cornernet_shapes.yaml",
+    ("mm", "efficientdet"): "configs/mmdet/demo/efficientdet_shapes.py",
+    ("mm", "retinanet"): "configs/mmdet/demo/retinanet_shapes.py",
+    ("mm", "cornernet"): "configs/mmdet/demo/cornernet_shapes.py",
+}
+
+
+def _load_tool(name: str):
+    spec = importlib.util.spec_from_file_location(name, REPO / "tools" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
+
+
+export_tool = _load_tool("export_onnx")
+
+
+# ------------------------------------------------------------------------------------------
+# Models, checkpoints, images
+# ------------------------------------------------------------------------------------------
+def perturb_(model: torch.nn.Module, seed: int) -> None:
+    """Seeded random weights with varied outputs: BatchNorm statistics drawn at random, the
+    class-prior biases (prior 0.01: about -4.6) spread around -1.5 so that many candidates pass
+    the score thresholds, small noise on everything else."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, tensor in model.state_dict().items():
+            if not tensor.is_floating_point() or tensor.numel() == 0:
+                continue
+            noise = torch.randn(tensor.shape, generator=gen)
+            flat = tensor.flatten()
+            if name.endswith("running_var"):
+                tensor.copy_(0.5 + noise.abs())
+            elif name.endswith("running_mean"):
+                tensor.copy_(noise * 0.1)
+            elif (
+                name.endswith("bias") and flat[0] < -2 and bool((flat - flat[0]).abs().max() < 1e-6)
+            ):
+                tensor.copy_(noise - 1.5)
+            else:
+                tensor.add_(noise * 0.02)
+
+
+def write_checkpoint(framework: str, config: str, path: Path, seed: int) -> None:
+    """A checkpoint of the config's model with :func:`perturb_` weights, in the framework's layout."""
+    torch.manual_seed(seed)
+    if framework == "d2":
+        from detectron2.modeling import build_model
+        from train_net import load_config  # tools/ is on sys.path through export_tool
+
+        model = build_model(load_config(config, ["MODEL.DEVICE", "cpu"]))
+    else:
+        from mmdet.registry import MODELS
+        from mmengine.config import Config
+
+        model = MODELS.build(Config.fromfile(config).model)
+    perturb_(model, seed)
+    state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    torch.save({"model": state} if framework == "d2" else {"state_dict": state, "meta": {}}, path)
+
+
+def letterbox(image_rgb: np.ndarray, size: int) -> np.ndarray:
+    """``(H, W, 3)`` -> ``(3, size, size)`` uint8: longer side resized to ``size``, zero padded."""
+    scale = size / max(image_rgb.shape[:2])
+    h, w = round(image_rgb.shape[0] * scale), round(image_rgb.shape[1] * scale)
+    canvas = np.zeros((size, size, 3), np.uint8)
+    canvas[:h, :w] = cv2.resize(image_rgb, (w, h), interpolation=cv2.INTER_LINEAR)
+    return np.ascontiguousarray(canvas.transpose(2, 0, 1))
+
+
+def val_images(size: int, count: int) -> np.ndarray:
+    """``count`` embedded Shapes val images as ``(count, 3, size, size)`` uint8 RGB."""
+    folder = Path(ensure_shapes_dataset().val_images)
+    files = sorted(folder.glob("*.jpg"))[:count]
+    assert len(files) == count
+    return np.stack([letterbox(cv2.imread(str(f))[:, :, ::-1], size) for f in files])
+
+
+def framework_predict(loaded, images: np.ndarray) -> list[tuple[np.ndarray, ...]]:
+    """The framework's own inference on ``(N, 3, S, S)`` RGB uint8 inputs (no resizing)."""
+    model, size = loaded.model, images.shape[-1]
+    out = []
+    with torch.no_grad():
+        for image in images:
+            if loaded.framework == "d2":
+                chw = image if loaded.cfg.INPUT.FORMAT == "RGB" else image[::-1]
+                inputs = [
+                    {"image": torch.from_numpy(chw.copy()).float(), "height": size, "width": size}
+                ]
+                inst = model(inputs)[0]["instances"]
+                boxes, scores, labels = inst.pred_boxes.tensor, inst.scores, inst.pred_classes
+            else:
+                meta = dict(img_id=0, img_shape=(size, size), ori_shape=(size, size))
+                sample = DetDataSample(metainfo=dict(meta, scale_factor=(1.0, 1.0)))
+                bgr = torch.from_numpy(image[::-1].copy())  # mmcv loads BGR
+                data = model.data_preprocessor(dict(inputs=[bgr], data_samples=[sample]), False)
+                pred = model(**data, mode="predict")[0].pred_instances
+                boxes, scores, labels = pred.bboxes, pred.scores, pred.labels
+            out.append((boxes.numpy(), scores.numpy(), labels.numpy()))
+    return out
+
+
+def onnx_predict(path: Path, images: np.ndarray, batch: int) -> list[tuple[np.ndarray, ...]]:
+    runner = export_io.OnnxDetector(path, threads=1)
+    out = []
+    for start in range(0, len(images), batch):
+        res = runner(images[start : start + batch])
+        for i, n in enumerate(res["num_detections"]):
+            out.append((res["boxes"][i, :n], res["scores"][i, :n], res["labels"][i, :n]))
+    return out
+
+
+def assert_same_detections(got, want, size: int) -> int:
+    """Same detections per image (order free among equal scores); returns how many."""
+    total = 0
+    for i, ((gb, gs, gl), (wb, ws, wl)) in enumerate(zip(got, want)):
+        assert len(gs) == len(ws), f"image {i}: {len(gs)} detections in ONNX, {len(ws)} in torch"
+        unmatched = list(range(len(ws)))
+        for box, score, label in zip(gb, gs, gl):
+            hit = next(
+                (
+                    j
+                    for j in unmatched
+                    if wl[j] == label
+                    and abs(ws[j] - score) <= SCORE_ATOL
+                    and np.abs(wb[j] - box).max() <= BOX_ATOL * size
+                ),
+                None,
+            )
+            assert hit is not None, f"image {i}: ONNX detection {label} {score} {box} not in torch"
+            unmatched.remove(hit)
+        total += len(gs)
+    return total
+
+
+# ------------------------------------------------------------------------------------------
+# The proof
+# ------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module", autouse=True)
+def _mmdet_scope():
+    init_default_scope("mmdet")
+
+
+@pytest.fixture(scope="module")
+def images() -> np.ndarray:
+    return val_images(SIZE, NUM_IMAGES)
+
+
+@pytest.fixture(scope="module", params=list(CONFIGS), ids=lambda c: f"{c[0]}-{c[1]}")
+def exported(request, tmp_path_factory, single_thread):
+    framework, family = request.param
+    folder = tmp_path_factory.mktemp(f"{framework}_{family}")
+    config = str(REPO / CONFIGS[request.param])
+    checkpoint = folder / "model.pth"
+    write_checkpoint(framework, config, checkpoint, seed=7)
+    output = folder / "model.onnx"
+    argv = [config, str(checkpoint), "--output", str(output), "--size", str(SIZE)]
+    assert export_tool.main(argv + ["--batch", str(BATCH)]) == 0
+    loaded = export_tool.load_model(config, str(checkpoint))
+    (d2_export if framework == "d2" else mm_export).hard_nms_twin(loaded.model)
+    return loaded, output
+
+
+def test_onnx_matches_framework_predict(exported, images):
+    loaded, path = exported
+    got = onnx_predict(path, images, BATCH)
+    want = framework_predict(loaded, images)
+    assert assert_same_detections(got, want, SIZE) >= 10, "too few detections to compare"
+
+
+def test_metadata_states_versions_and_settings(exported):
+    loaded, path = exported
+    meta = export_io.OnnxDetector(path).metadata
+    assert meta["producer"] == export_io.PRODUCER and meta["opset"] == str(export_io.OPSET)
+    assert set(json.loads(meta["versions"])) == {"torch", "onnx", "onnxscript", "onnxruntime"}
+    assert json.loads(meta["input_size"]) == [SIZE, SIZE] and meta["batch"] == str(BATCH)
+    assert json.loads(meta["class_names"]) == list(loaded.class_names) and loaded.class_names
+    assert meta["family"] == loaded.family and meta["model_nms"] == "gaussian"
+    import onnx
+
+    model = onnx.load(str(path))
+    assert any(
+        op.domain in ("", "ai.onnx") and op.version == export_io.OPSET for op in model.opset_import
+    )
+    assert sum(node.op_type == "NonMaxSuppression" for node in model.graph.node) == 1
+
+
+@pytest.mark.slow
+def test_efficientdet_d0_512_matches(tmp_path, single_thread):
+    """Full-size EfficientDet-D0 (90 classes, 512 px, random weights) through Detectron2."""
+    config = str(REPO / "configs" / "efficientdet_d0.yaml")
+    checkpoint, output = tmp_path / "d0.pth", tmp_path / "d0.onnx"
+    write_checkpoint("d2", config, checkpoint, seed=3)
+    argv = [config, str(checkpoint), "--output", str(output), "--size", "512"]
+    assert export_tool.main(argv) == 0
+    loaded = export_tool.load_model(config, str(checkpoint))
+    d2_export.hard_nms_twin(loaded.model)
+    images = val_images(512, 2)
+    got, want = onnx_predict(output, images, 1), framework_predict(loaded, images)
+    assert assert_same_detections(got, want, 512) >= 10
+
+
+# ------------------------------------------------------------------------------------------
+# Pieces
+# ------------------------------------------------------------------------------------------
+def test_corner_pool_export_path_equals_scan():
+    x = torch.randn(2, 3, 9, 17, generator=torch.Generator().manual_seed(0))
+    x[0, 1, 4, 5] = float("nan")
+    for direction, (axis, reverse) in _SCAN.items():
+        got = _running_max_by_doubling(x, 3 if axis == "w" else 2, reverse)
+        want = corner_pool(x, direction)
+        assert torch.equal(got.nan_to_num(7.0), want.nan_to_num(7.0)), direction
+
+
+def test_wrong_input_shape_is_one_clear_line(exported):
+    _, path = exported
+    runner = export_io.OnnxDetector(path)
+    with pytest.raises(ValueError, match=r"images: the graph takes uint8 \(2, 3, 128, 128\)"):
+        runner(np.zeros((1, 3, 100, 100), np.uint8))
+
+
+# ------------------------------------------------------------------------------------------
+# Bad input of the tool
+# ------------------------------------------------------------------------------------------
+def _run_tool(argv, capsys) -> str:
+    assert export_tool.main(argv) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    assert err.startswith("export_onnx.py: error: ")
+    return err
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("ckpts")
+    d2, mm = folder / "d2.pth", folder / "mm.pth"
+    write_checkpoint("d2", str(REPO / CONFIGS[("d2", "cornernet")]), d2, seed=1)
+    write_checkpoint("mm", str(REPO / CONFIGS[("mm", "retinanet")]), mm, seed=1)
+    return d2, mm
+
+
+def test_unknown_config_type(tmp_path, capsys, checkpoints):
+    config = tmp_path / "model.cfg"
+    config.write_text("MODEL: {}\n")
+    err = _run_tool([str(config), str(checkpoints[0]), "-o", str(tmp_path / "m.onnx")], capsys)
+    assert "unknown config type '.cfg'" in err
+    assert not (tmp_path / "m.onnx").exists()
+
+
+def test_checkpoint_of_another_model(tmp_path, capsys, checkpoints):
+    config = str(REPO / CONFIGS[("d2", "cornernet")])
+    err = _run_tool([config, str(checkpoints[1]), "-o", str(tmp_path / "m.onnx")], capsys)
+    assert "does not fit the model" in err and str(checkpoints[1]) in err
+    assert not (tmp_path / "m.onnx").exists()
+
+
+def test_checkpoint_that_fits_only_in_part(tmp_path, capsys, checkpoints):
+    state = torch.load(checkpoints[0], weights_only=True)["model"]
+    head = [k for k in state if k.startswith("head.net.") and state[k].dim() == 4][-1]
+    state[head] = torch.zeros(state[head].shape[0] + 1, *state[head].shape[1:])
+    bad = tmp_path / "partial.pth"
+    torch.save({"model": state}, bad)
+    config = str(REPO / CONFIGS[("d2", "cornernet")])
+    err = _run_tool([config, str(bad), "-o", str(tmp_path / "m.onnx")], capsys)
+    assert "does not fit the config's model" in err and "skipped for shape" in err
+
+
+def test_size_the_model_cannot_take(tmp_path, capsys, checkpoints):
+    config = str(REPO / CONFIGS[("d2", "cornernet")])
+    argv = [config, str(checkpoints[0]), "-o", str(tmp_path / "m.onnx"), "--size", "100"]
+    err = _run_tool(argv, capsys)
+    assert "size: 100x100 is not a positive multiple of 32" in err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_foreign_output_is_not_overwritten(tmp_path, capsys, checkpoints):
+    target = tmp_path / "m.onnx"
+    target.write_bytes(b"the user's own file")
+    config = str(REPO / CONFIGS[("d2", "cornernet")])
+    err = _run_tool([config, str(checkpoints[0]), "-o", str(target)], capsys)
+    assert "exists and was not written by this tool" in err
+    assert target.read_bytes() == b"the user's own file"
+
+
+class _BrokenProgram:
+    """Stands in for the exporter's result: saves a file onnxruntime cannot load."""
+
+    class model:  # noqa: N801
+        metadata_props: dict = {}
+
+    @staticmethod
+    def save(path, external_data=False):
+        Path(path).write_bytes(b"not an onnx graph")
+
+
+def test_failed_export_leaves_nothing(tmp_path, capsys, checkpoints, monkeypatch):
+    """The graph fails the onnxruntime check after it was written: the temporary file is
+    removed and the target never appears."""
+    written = []
+
+    def fake_export(*args, **kwargs):
+        written.append(1)
+        return _BrokenProgram()
+
+    monkeypatch.setattr(export_io.torch.onnx, "export", fake_export)
+    config = str(REPO / CONFIGS[("d2", "cornernet")])
+    err = _run_tool([config, str(checkpoints[0]), "-o", str(tmp_path / "m.onnx")], capsys)
+    assert written and "onnxruntime cannot run the exported graph" in err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_is_our_onnx(exported, tmp_path):
+    _, path = exported
+    assert export_tool.is_our_onnx(path)
+    other = tmp_path / "x.onnx"
+    other.write_bytes(b"\x08\x07")
+    assert not export_tool.is_our_onnx(other)
