@@ -78,7 +78,7 @@ def build_test_config(args: argparse.Namespace):
         evaluators = [evaluators] if isinstance(evaluators, dict) else list(evaluators)
         evaluators.append(dict(type="DumpDetResults", out_file_path=args.out))
         cfg.test_evaluator = evaluators
-    check_model_types(cfg, args.config)
+    check_model_types(cfg, args.config, mode="test")
     check_data(cfg, args.config, ("test_dataloader",), ("test_evaluator",))
     check_checkpoint(args.checkpoint)
     return cfg

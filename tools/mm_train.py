@@ -26,12 +26,36 @@ REPO_ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 if REPO_ROOT not in sys.path:  # `python tools/mm_train.py` without `pip install -e .`
     sys.path.insert(0, REPO_ROOT)
 
-SHAPES_HINT = (
-    "To train on the embedded Shapes dataset instead (generated on first use), use "
-    "configs/mmdet/demo/efficientdet_shapes.py or configs/mmdet/demo/retinanet_shapes.py, or set "
-    "the dataset type to PluginsShapesDataset, e.g. --cfg-options "
-    "train_dataloader.dataset.type=PluginsShapesDataset"
-)
+#: Registered detector type -> its CPU demo config on the embedded Shapes dataset.
+DEMO_CONFIGS = {
+    "PluginsEfficientDet": "configs/mmdet/demo/efficientdet_shapes.py",
+    "RetinaNet": "configs/mmdet/demo/retinanet_shapes.py",
+    "CornerNet": "configs/mmdet/demo/cornernet_shapes.py",
+}
+
+
+def shapes_hint(cfg) -> str:
+    """Commands that work without the missing data, for the detector of ``cfg``.
+
+    The architecture's demo config (its datasets are the generated Shapes splits, sized for a
+    CPU) and the own-data config, whose one block sets data paths, classes and ``num_classes``
+    (re-assigning a top-level ``data_root`` with --cfg-options would not reach the datasets).
+    """
+    model_type = (cfg.get("model") or {}).get("type")
+    demo = DEMO_CONFIGS.get(model_type, "configs/mmdet/demo/efficientdet_shapes.py")
+    own = "configs/mmdet/own_data/efficientdet_d0_coco.py"
+    if model_type == "PluginsEfficientDet":
+        own = f"edit the dataset block of {own} (or efficientdet_demo_coco.py, the CPU recipe)"
+        own += " and train that config"
+    else:
+        own = (
+            "set each dataset's data_root, ann_file, data_prefix and metainfo.classes and the "
+            f"head's num_classes in one config, as {own} does"
+        )
+    return (
+        f"To train on the embedded Shapes dataset instead (generated on first use), run: "
+        f"python tools/mm_train.py {demo} . For your own COCO-format data, {own}."
+    )
 
 
 class ConfigProblem(Exception):
@@ -173,7 +197,7 @@ def check_data(
                 raise ConfigProblem(
                     f"config {config_path}: data root {root!r} ({where}.data_root) does not "
                     f"exist (resolved: {osp.abspath(root)}). Put the dataset there or point to "
-                    f"it with --cfg-options {where}.data_root=/path/to/data/. {SHAPES_HINT}"
+                    f"it with --cfg-options {where}.data_root=/path/to/data/. {shapes_hint(cfg)}"
                 )
             ann = ds.get("ann_file")
             if ann and "dataset" not in ds and "datasets" not in ds:
@@ -181,7 +205,7 @@ def check_data(
                 if not osp.isfile(path):
                     raise ConfigProblem(
                         f"config {config_path}: annotation file {path!r} ({where}.ann_file) "
-                        f"does not exist. {SHAPES_HINT}"
+                        f"does not exist. {shapes_hint(cfg)}"
                     )
     for key in evaluators:
         items = cfg.get(key)
@@ -192,7 +216,7 @@ def check_data(
                 where = key if len(items) == 1 else f"{key}[{i}]"
                 raise ConfigProblem(
                     f"config {config_path}: evaluator annotation file {ann!r} "
-                    f"({where}.ann_file) does not exist. {SHAPES_HINT}"
+                    f"({where}.ann_file) does not exist. {shapes_hint(cfg)}"
                 )
     from plugins.data.check import DatasetCheckError
     from plugins.mm.data_check import prepare_datasets

@@ -8,6 +8,15 @@ Detectron2's usual command line (``detectron2.engine.default_argument_parser``):
     python tools/train_net.py --config-file ... --resume                # continue OUTPUT_DIR
     python tools/train_net.py --config-file ... --eval-only MODEL.WEIGHTS out/model_final.pth
     python tools/train_net.py --config-file ... SOLVER.MAX_ITER 100 MODEL.DEVICE cpu
+    python tools/train_net.py --config-file ... --num-gpus 2 MODEL.DEVICE cpu   # 2 gloo processes
+
+Your own COCO-format data (``--coco-dataset NAME JSON IMAGE_ROOT``, repeatable; or the config
+key ``DATASETS.COCO_JSON``), then name it in ``DATASETS.TRAIN`` / ``DATASETS.TEST``::
+
+    python tools/train_net.py --config-file configs/demo/efficientdet_shapes.yaml \
+        --coco-dataset my_train data/my/train.json data/my/train \
+        --coco-dataset my_val data/my/val.json data/my/val \
+        DATASETS.TRAIN "('my_train',)" DATASETS.TEST "('my_val',)" MODEL.EFFICIENTDET.NUM_CLASSES 3
 
 Unknown config keys, missing datasets and unreadable checkpoints stop the run with exit status 1
 and a one-line ``train_net.py: error: ...`` message.
@@ -25,13 +34,18 @@ import plugins.d2  # noqa: E402, F401  (first: stands in for a missing detectron
 
 # isort: split
 from detectron2.config import CfgNode, get_cfg  # noqa: E402
-from detectron2.engine import default_argument_parser, default_setup, launch  # noqa: E402
+from detectron2.engine import default_argument_parser, default_setup  # noqa: E402
 from detectron2.utils import comm  # noqa: E402
 
 from plugins.d2 import add_plugins_config  # noqa: E402
 from plugins.d2.data_check import check_dataset_contents  # noqa: E402
-from plugins.d2.datasets import DatasetMissingError, check_datasets  # noqa: E402
+from plugins.d2.datasets import (  # noqa: E402
+    DatasetMissingError,
+    check_datasets,
+    register_config_datasets,
+)
 from plugins.d2.engine import CheckpointLoadError, Trainer, load_checkpoint  # noqa: E402
+from plugins.d2.launch import cpu_launch_problem, launch  # noqa: E402
 from plugins.data.check import DatasetCheckError  # noqa: E402
 
 logger = logging.getLogger("plugins.train_net")
@@ -41,8 +55,13 @@ class ConfigError(ValueError):
     """The config file or a command-line override is invalid."""
 
 
-def load_config(config_file: str, opts: list[str]) -> CfgNode:
+def load_config(
+    config_file: str, opts: list[str], coco_datasets: list[list[str]] | None = None
+) -> CfgNode:
     """Detectron2 defaults + plugin keys + ``config_file`` + ``KEY VALUE`` overrides, frozen.
+
+    ``coco_datasets`` (``--coco-dataset NAME JSON IMAGE_ROOT`` triples) are appended to
+    ``DATASETS.COCO_JSON``, whose datasets are then registered.
 
     Raises:
         ConfigError: unknown key, bad value or unreadable file, with the offending key named.
@@ -62,13 +81,19 @@ def load_config(config_file: str, opts: list[str]) -> CfgNode:
             if "Non-existent" in msg:  # yacs: "Non-existent (config) key: A.B.C"
                 msg = f"unknown config key {msg.rsplit(':', 1)[-1].strip()}"
             raise ConfigError(f"{where}: {msg}") from e
+    if coco_datasets:
+        cfg.DATASETS.COCO_JSON = list(cfg.DATASETS.COCO_JSON) + [list(t) for t in coco_datasets]
+    try:
+        register_config_datasets(cfg)
+    except ValueError as e:
+        raise ConfigError(str(e)) from e
     cfg.freeze()
     return cfg
 
 
 def main(args) -> dict | None:
     """One process of the run (called by ``launch``)."""
-    cfg = load_config(args.config_file, args.opts)
+    cfg = load_config(args.config_file, args.opts, args.coco_dataset)
     default_setup(cfg, args)
     if args.eval_only:
         check_dataset_contents(cfg)  # in this process too: the test loaders drop bad boxes
@@ -82,19 +107,26 @@ def main(args) -> dict | None:
 
 def run(argv: list[str] | None = None) -> int:
     """Parse ``argv``, check config and datasets, then launch ``main`` on every process."""
-    args = default_argument_parser().parse_args(argv)
+    parser = default_argument_parser()
+    parser.add_argument(
+        "--coco-dataset",
+        nargs=3,
+        action="append",
+        metavar=("NAME", "JSON", "IMAGE_ROOT"),
+        help="register a COCO-format dataset NAME (annotation file JSON, images under "
+        "IMAGE_ROOT) for DATASETS.TRAIN / DATASETS.TEST; repeatable (adds to DATASETS.COCO_JSON)",
+    )
+    args = parser.parse_args(argv)
     try:
         # fail before spawning workers: bad keys and missing datasets are found here
-        cfg = load_config(args.config_file, args.opts)
-        check_datasets(list(cfg.DATASETS.TRAIN) + list(cfg.DATASETS.TEST))
+        cfg = load_config(args.config_file, args.opts, args.coco_dataset)
+        check_datasets(list(cfg.DATASETS.TRAIN) + list(cfg.DATASETS.TEST), cfg)
         check_dataset_contents(cfg)
         if args.eval_only and not cfg.MODEL.WEIGHTS:
             raise CheckpointLoadError("--eval-only needs MODEL.WEIGHTS <checkpoint>")
-        if args.num_gpus > 1 and cfg.MODEL.DEVICE == "cpu":
-            raise ConfigError(
-                "--num-gpus > 1 with MODEL.DEVICE cpu: detectron2 0.6's launch() starts NCCL "
-                "(CUDA) process groups only"
-            )
+        problem = cpu_launch_problem(args.num_gpus, cfg.MODEL.DEVICE)
+        if problem:
+            raise ConfigError(problem)
         launch(
             main,
             args.num_gpus,

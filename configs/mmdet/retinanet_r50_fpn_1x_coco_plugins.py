@@ -30,4 +30,10 @@ model = dict(
 )
 
 # the model-zoo file <work_dir>/<config name>-<sha256[:8]>.pth after training (plugins.mm.publish)
-custom_hooks = [dict(type="PluginsPublishHook")]
+custom_hooks = [
+    # stop on a diverging loss, never write / rotate in a checkpoint with bad weights, and
+    # resume bit-exactly after a kill (plugins.mm.hooks)
+    dict(type="PluginsDivergenceGuardHook"),
+    dict(type="PluginsExactResumeHook"),
+    dict(type="PluginsPublishHook"),
+]

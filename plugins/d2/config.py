@@ -16,6 +16,8 @@ New nodes:
   :class:`~plugins.d2.retinanet.RetinaNetPlus`).
 - ``INPUT.SCALE_JITTER``: EfficientDet's training augmentation (random rescale + fixed-size crop).
 - ``SOLVER.OPTIMIZER``: ``"SGD"`` (Detectron2's default) or ``"AdamW"``.
+- ``SOLVER.DIVERGENCE_GUARD``: stop a diverging run, keep bad weights out of checkpoints
+  (:mod:`plugins.d2.guard`).
 - the CornerNet keys of :func:`plugins.d2.cornernet.add_cornernet_config`.
 - ``PUBLISH``: the model-zoo file written at the end of training
   (:func:`plugins.d2.publish.add_publish_config`).
@@ -56,6 +58,7 @@ def add_plugins_config(cfg: CN) -> None:
     _add_retinanet_extras(cfg)
     _add_input_config(cfg)
     _add_solver_config(cfg)
+    _add_divergence_guard_config(cfg)
     add_cornernet_config(cfg)
     add_publish_config(cfg)
 
@@ -172,3 +175,22 @@ def _add_solver_config(cfg: CN) -> None:
     # "SGD" (detectron2's build_optimizer: momentum, Nesterov, weight decay) or "AdamW"
     # (BASE_LR, WEIGHT_DECAY; same per-parameter-group rules).
     cfg.SOLVER.OPTIMIZER = "SGD"
+
+
+def _add_divergence_guard_config(cfg: CN) -> None:
+    if "DIVERGENCE_GUARD" in cfg.SOLVER:
+        return
+    cfg.SOLVER.DIVERGENCE_GUARD = node = CN()
+    # Stop training with one error line (iteration, loss, lr) and a non-zero exit when the loss
+    # diverges; never write a checkpoint with non-finite or exploded weights (plugins.d2.guard).
+    node.ENABLED = True
+    # A finite total loss above FACTOR x the median of the last WINDOW losses is a divergence
+    # (0 turns this rule off; a NaN / inf loss always stops the run).
+    node.FACTOR = 1000.0
+    # Number of iterations whose losses are only recorded before the FACTOR rule applies.
+    node.WARMUP = 20
+    # Number of recent finite losses whose median is the reference.
+    node.WINDOW = 100
+    # A checkpoint whose weights (model or EMA) hold a value with |x| > MAX_WEIGHT is refused
+    # (0: only non-finite values are refused).
+    node.MAX_WEIGHT = 1e8

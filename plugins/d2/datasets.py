@@ -7,6 +7,11 @@
   (under ``$DETECTRON2_DATASETS``, default ``./datasets``); :func:`check_datasets` turns a
   missing file into a :class:`DatasetMissingError` that names the expected path and how to run
   on the embedded dataset instead. The trainer calls it when it is built.
+- your own COCO-format datasets, named in the config key ``DATASETS.COCO_JSON`` as
+  ``(name, json_file, image_root)`` triples (or ``tools/train_net.py --coco-dataset``):
+  :func:`register_config_datasets` registers them with Detectron2's
+  ``register_coco_instances`` (metadata ``json_file``, ``image_root``, ``evaluator_type``
+  ``"coco"``), so ``DATASETS.TRAIN`` / ``DATASETS.TEST`` can name them.
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ import os
 from collections.abc import Iterable
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
-from detectron2.data.datasets import load_coco_json
+from detectron2.data.datasets import load_coco_json, register_coco_instances
 
 from plugins.data.shapes import SHAPES_CATEGORIES, ensure_shapes_dataset
 
@@ -25,17 +30,55 @@ __all__ = [
     "register_shapes",
     "prepare_dataset",
     "check_datasets",
+    "register_coco_json_datasets",
+    "register_config_datasets",
+    "COCO_JSON_KEY",
+    "dataset_hint",
+    "num_classes_key",
 ]
 
 #: Registered name -> split of the embedded dataset.
 SHAPES_DATASETS: dict[str, str] = {"shapes_train": "train", "shapes_val": "val"}
 
-_EMBEDDED_HINT = (
-    "To run on the embedded synthetic dataset instead, add "
-    "DATASETS.TRAIN \"('shapes_train',)\" DATASETS.TEST \"('shapes_val',)\" "
-    "MODEL.EFFICIENTDET.NUM_CLASSES 6 (MODEL.RETINANET.NUM_CLASSES 6 for RetinaNet) to the "
-    "command line, or use configs/demo/*.yaml."
-)
+#: The config key of the user's COCO-format datasets (see :func:`register_config_datasets`).
+COCO_JSON_KEY = "DATASETS.COCO_JSON"
+
+#: ``MODEL.META_ARCHITECTURE`` -> (config key of its class count, its CPU demo config).
+_ARCH_KEYS: dict[str, tuple[str, str]] = {
+    "EfficientDet": ("MODEL.EFFICIENTDET.NUM_CLASSES", "configs/demo/efficientdet_shapes.yaml"),
+    "RetinaNetPlus": ("MODEL.RETINANET.NUM_CLASSES", "configs/demo/retinanet_shapes.yaml"),
+    "RetinaNet": ("MODEL.RETINANET.NUM_CLASSES", "configs/demo/retinanet_shapes.yaml"),
+    "CornerNet": ("MODEL.CORNERNET.NUM_CLASSES", "configs/demo/cornernet_shapes.yaml"),
+}
+
+
+def num_classes_key(cfg) -> str:
+    """The config key holding the class count of ``cfg``'s meta-architecture.
+
+    ``MODEL.EFFICIENTDET.NUM_CLASSES``, ``MODEL.RETINANET.NUM_CLASSES`` (``RetinaNet``,
+    ``RetinaNetPlus``), ``MODEL.CORNERNET.NUM_CLASSES``; Detectron2's R-CNNs and anything
+    else: ``MODEL.ROI_HEADS.NUM_CLASSES``.
+    """
+    arch = cfg.MODEL.META_ARCHITECTURE
+    return _ARCH_KEYS.get(arch, ("MODEL.ROI_HEADS.NUM_CLASSES", ""))[0]
+
+
+def dataset_hint(cfg=None) -> str:
+    """How to run without the missing data: commands that work for ``cfg``'s architecture.
+
+    The embedded Shapes dataset through the architecture's CPU demo config (the paper configs
+    are sized for GPUs), and the user's own COCO files through ``--coco-dataset``.
+    """
+    arch = cfg.MODEL.META_ARCHITECTURE if cfg is not None else ""
+    demo = _ARCH_KEYS.get(arch, ("", "configs/demo/efficientdet_shapes.yaml (or *_shapes.yaml)"))[1]
+    key = num_classes_key(cfg) if cfg is not None else "MODEL.<HEAD>.NUM_CLASSES"
+    return (
+        "To train on the embedded synthetic dataset (shapes_train / shapes_val, generated on "
+        f"first use) instead, run: python tools/train_net.py --config-file {demo} . To use your "
+        "own COCO-format files, add: --coco-dataset my_train TRAIN.json TRAIN_IMAGES/ "
+        "--coco-dataset my_val VAL.json VAL_IMAGES/ DATASETS.TRAIN \"('my_train',)\" "
+        f"DATASETS.TEST \"('my_val',)\" {key} <number of categories>."
+    )
 
 
 class DatasetMissingError(FileNotFoundError):
@@ -81,6 +124,72 @@ def register_shapes() -> None:
         _set_static_metadata(name)
 
 
+def register_coco_json_datasets(entries: Iterable, key: str = COCO_JSON_KEY) -> list[str]:
+    """Register COCO-format datasets given as ``(name, json_file, image_root)`` triples.
+
+    Each becomes a Detectron2 dataset through ``register_coco_instances`` with absolute paths
+    (relative ones are taken from the working directory), so its metadata has ``json_file``,
+    ``image_root`` and ``evaluator_type="coco"`` (``COCOEvaluator`` and the dataset checks read
+    them); ``thing_classes`` come from the json's categories when it is loaded. Nothing is read
+    here: missing files are reported by :func:`check_datasets`. Registering the same triple
+    again is a no-op, so every process of a distributed run may call this.
+
+    Args:
+        entries: the triples, e.g. ``cfg.DATASETS.COCO_JSON``.
+        key: the config key named in error messages. Default ``"DATASETS.COCO_JSON"``.
+
+    Returns:
+        The dataset names, in order.
+
+    Raises:
+        ValueError: an entry is not three non-empty strings, a name is given twice, or a name
+            is already registered otherwise (e.g. a Detectron2 builtin such as
+            ``coco_2017_train``, or the embedded ``shapes_train``).
+    """
+    names: list[str] = []
+    for i, entry in enumerate(entries):
+        if (
+            not isinstance(entry, (list, tuple))
+            or len(entry) != 3
+            or not all(isinstance(v, str) and v for v in entry)
+        ):
+            raise ValueError(
+                f"{key}[{i}]: expected (name, json_file, image_root), three non-empty "
+                f"strings, got {entry!r}"
+            )
+        name, json_file, image_root = entry
+        if name in names:
+            raise ValueError(f"{key}[{i}]: dataset name {name!r} is given twice")
+        names.append(name)
+        json_file, image_root = os.path.abspath(json_file), os.path.abspath(image_root)
+        if name in DatasetCatalog.list():
+            meta = MetadataCatalog.get(name)
+            if meta.get("registered_by") != key:
+                raise ValueError(
+                    f"{key}[{i}]: dataset name {name!r} is already registered (a Detectron2 "
+                    "builtin or an embedded dataset); choose another name for your data"
+                )
+            if (meta.get("json_file"), meta.get("image_root")) == (json_file, image_root):
+                continue
+            # an earlier registration of ours in this process, with other files: replace it
+            DatasetCatalog.remove(name)
+            MetadataCatalog.remove(name)
+        register_coco_instances(name, {"registered_by": key}, json_file, image_root)
+    return names
+
+
+def register_config_datasets(cfg) -> list[str]:
+    """Register the datasets of ``cfg.DATASETS.COCO_JSON`` (see :func:`register_coco_json_datasets`).
+
+    Call it before ``DATASETS.TRAIN`` / ``DATASETS.TEST`` are resolved: ``tools/train_net.py``
+    does when it loads the config, :class:`plugins.d2.engine.Trainer` when it is built.
+
+    Returns:
+        The registered names (empty if the config has no such key or an empty list).
+    """
+    return register_coco_json_datasets(cfg.DATASETS.get("COCO_JSON", ()))
+
+
 def prepare_dataset(name: str) -> None:
     """Make sure the metadata of an embedded dataset points at its generated files."""
     if name in SHAPES_DATASETS and MetadataCatalog.get(name).get("json_file") is None:
@@ -88,36 +197,43 @@ def prepare_dataset(name: str) -> None:
         MetadataCatalog.get(name).set(json_file=json_file, image_root=image_root)
 
 
-def check_datasets(names: Iterable[str]) -> None:
+def check_datasets(names: Iterable[str], cfg=None) -> None:
     """Fail early, with a helpful message, if a dataset cannot be loaded.
 
     Args:
         names: dataset names, e.g. ``cfg.DATASETS.TRAIN + cfg.DATASETS.TEST``.
+        cfg: the config, if known: the message then names commands for its architecture.
+            Default ``None``.
 
     Raises:
         DatasetMissingError: a name is not registered, or its ``json_file`` / ``image_root``
             (e.g. Detectron2's COCO under ``$DETECTRON2_DATASETS``) does not exist.
     """
     registered = set(DatasetCatalog.list())
+    hint = dataset_hint(cfg)
     for name in names:
         if name not in registered:
             raise DatasetMissingError(
                 f"Dataset {name!r} is not registered (DATASETS.TRAIN / DATASETS.TEST). "
                 f"Embedded datasets: {sorted(SHAPES_DATASETS)}; Detectron2 registers COCO as "
-                f"e.g. 'coco_2017_train'. {_EMBEDDED_HINT}"
+                f"e.g. 'coco_2017_train'. {hint}"
             )
         if name in SHAPES_DATASETS:
             continue  # generated on first use
         meta = MetadataCatalog.get(name)
         for key in ("json_file", "image_root"):
             path = meta.get(key)
+            if path and not os.path.exists(path) and meta.get("registered_by"):
+                raise DatasetMissingError(
+                    f"Dataset {name!r} ({meta.registered_by}): {key} {path!r} does not exist"
+                )
             if path and not os.path.exists(path):
                 root = os.environ.get("DETECTRON2_DATASETS", "datasets")
                 raise DatasetMissingError(
                     f"Dataset {name!r}: {key} {path!r} does not exist. Detectron2 looks for "
                     f"builtin datasets under $DETECTRON2_DATASETS (now {root!r}); see "
                     "https://detectron2.readthedocs.io/en/latest/tutorials/builtin_datasets.html "
-                    f"for the expected layout. {_EMBEDDED_HINT}"
+                    f"for the expected layout. {hint}"
                 )
 
 

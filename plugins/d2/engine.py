@@ -13,11 +13,14 @@ ETA, periodic checkpoints, ``AMPTrainer`` when ``SOLVER.AMP.ENABLED``, the
 - early, readable errors: missing datasets (:func:`plugins.d2.datasets.check_datasets`),
   broken dataset contents (:func:`plugins.d2.data_check.check_dataset_contents`; the boxes it
   drops are dropped from the loaders and the evaluator's ground truth too),
-  unreadable checkpoints (:class:`CheckpointLoadError`), AMP without CUDA.
+  unreadable checkpoints (:class:`CheckpointLoadError`), AMP without CUDA;
+- ``DATASETS.COCO_JSON``: the user's COCO-format datasets, registered when it is built;
+- multi-process CPU training (gloo): the model's DDP wrapper gets no ``device_ids``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 
@@ -26,6 +29,7 @@ from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.data import DatasetMapper, build_detection_train_loader
 from detectron2.data import transforms as T
 from detectron2.engine import DefaultTrainer, hooks
+from detectron2.engine import defaults as d2_defaults
 from detectron2.evaluation import COCOEvaluator
 from detectron2.solver import build_optimizer
 from detectron2.solver.build import get_default_optimizer_params, maybe_add_gradient_clipping
@@ -35,7 +39,7 @@ from plugins.core.variants import get_variant
 
 from ._compat import HAS_D2_C
 from .data_check import check_dataset_contents, drop_bad_ground_truth
-from .datasets import check_datasets, prepare_dataset
+from .datasets import check_datasets, prepare_dataset, register_config_datasets
 from .ema import EMAHook, ModelEMA, unwrap_model
 from .publish import is_published_ema, publish_trainer
 
@@ -119,6 +123,30 @@ def build_train_augmentations(cfg) -> list[T.Augmentation]:
     return augs
 
 
+@contextlib.contextmanager
+def _ddp_without_device_ids_on_cpu():
+    """While active, Detectron2's ``create_ddp_model`` leaves ``device_ids`` unset for a CPU model.
+
+    ``DefaultTrainer.__init__`` wraps the model with ``create_ddp_model(model, ...)``, which
+    passes ``device_ids=[local rank]``; torch's ``DistributedDataParallel`` refuses device ids
+    for a CPU module, so multi-process CPU (gloo) training would stop there. The replacement
+    lives in ``detectron2.engine.defaults`` only while our trainer is being built.
+    """
+    original = d2_defaults.create_ddp_model
+
+    def create_ddp_model(model: nn.Module, **kwargs):
+        param = next(model.parameters(), None)
+        if param is not None and param.device.type == "cpu":
+            kwargs.setdefault("device_ids", None)
+        return original(model, **kwargs)
+
+    d2_defaults.create_ddp_model = create_ddp_model
+    try:
+        yield
+    finally:
+        d2_defaults.create_ddp_model = original
+
+
 class Trainer(DefaultTrainer):
     """``DefaultTrainer`` with COCO evaluation, scale jitter, AdamW, EMA and clear errors.
 
@@ -127,7 +155,8 @@ class Trainer(DefaultTrainer):
     """
 
     def __init__(self, cfg) -> None:
-        check_datasets(list(cfg.DATASETS.TRAIN) + list(cfg.DATASETS.TEST))
+        register_config_datasets(cfg)
+        check_datasets(list(cfg.DATASETS.TRAIN) + list(cfg.DATASETS.TEST), cfg)
         check_dataset_contents(cfg)  # also makes Detectron2 drop the boxes it reports
         if cfg.SOLVER.AMP.ENABLED and not torch.cuda.is_available():
             raise ValueError(
@@ -135,7 +164,8 @@ class Trainer(DefaultTrainer):
                 "set SOLVER.AMP.ENABLED False to train on CPU"
             )
         self.ema: ModelEMA | None = None
-        super().__init__(cfg)
+        with _ddp_without_device_ids_on_cpu():
+            super().__init__(cfg)
 
     # ---------------------------------------------------------------- building blocks
     @classmethod

@@ -14,7 +14,8 @@ Importing this package registers every component (configs do it with
 * ``TRANSFORMS``: ``PluginsCheckImage``, inference inputs (:mod:`plugins.mm.image_input`).
 * Test-time NMS: ``test_cfg.nms.type="plugins_soft_nms"`` (:mod:`plugins.mm.soft_nms`).
 * ``HOOKS``: ``PluginsPublishHook``, the model-zoo file at the end of training
-  (:mod:`plugins.mm.publish`).
+  (:mod:`plugins.mm.publish`); ``PluginsDivergenceGuardHook`` and ``PluginsExactResumeHook``
+  (:mod:`plugins.mm.hooks`).
 """
 
 from plugins.mm import (  # noqa: F401
@@ -22,6 +23,7 @@ from plugins.mm import (  # noqa: F401
     data_check,
     datasets,
     efficientdet,
+    hooks,
     image_input,
     losses,
     publish,
@@ -33,6 +35,7 @@ __all__ = [
     "data_check",
     "datasets",
     "efficientdet",
+    "hooks",
     "image_input",
     "losses",
     "publish",

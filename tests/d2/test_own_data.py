@@ -1,17 +1,18 @@
-"""Your own COCO-format data through tools/train_net.py: --coco-dataset / DATASETS.COCO_JSON."""
+"""Your own COCO-format data through tools/train_net.py: --coco-dataset / DATASETS.COCO_JSON.
+
+Training and evaluation on such data run in tests/d2/test_distributed.py (two processes, one
+run for both); here the checks that stop a run before training, and the registration.
+"""
 
 from __future__ import annotations
 
 import importlib.util
-import json
 import os
 
 import pytest
-import torch
 
-from tests.d2.test_train_net import DEMO, ROOT, TINY, ap_line, run
-from tests.own_coco import CATEGORIES, write_own_coco
-
+from tests.d2.test_train_net import DEMO, ROOT, TINY
+from tests.own_coco import write_own_coco
 
 # for the runs that must stop before training: if one did not, it would end quickly
 QUICK = [*TINY, "SOLVER.MAX_ITER", "1", "DATASETS.TEST", "()"]
@@ -39,32 +40,6 @@ def train_net():
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
-
-
-def test_trains_and_evaluates_own_coco_json(data, tmp_path):
-    out = str(tmp_path / "out")
-    r = run(
-        "--config-file", DEMO, *_datasets(data), *TINY,
-        "MODEL.EFFICIENTDET.NUM_CLASSES", "3", "SOLVER.MAX_ITER", "2", "OUTPUT_DIR", out,
-    )  # fmt: skip
-    log = r.stdout + r.stderr
-    assert r.returncode == 0, log[-3000:]
-    assert "Evaluation results for my_val" in log
-    float(ap_line(log).split(",")[0])
-    # detections are reported in the json's own category ids (3, 5, 8) and image ids
-    with open(os.path.join(out, "inference", "coco_instances_results.json")) as f:
-        results = json.load(f)
-    assert results
-    assert {d["category_id"] for d in results} <= {cat_id for cat_id, _ in CATEGORIES}
-    with open(data.val_json) as f:
-        assert {d["image_id"] for d in results} == {img["id"] for img in json.load(f)["images"]}
-    ckpt = torch.load(os.path.join(out, "model_final.pth"), map_location="cpu")
-    # 9 anchors x 3 classes in the class head's last conv
-    assert ckpt["model"]["head.class_net.predict.pw.bias"].numel() == 9 * 3
-    # the run's config.yaml names the datasets, so it can be evaluated again as it is
-    with open(os.path.join(out, "config.yaml")) as f:
-        saved = f.read()
-    assert "my_train" in saved and data.train_json in saved
 
 
 def test_num_classes_that_differs_from_the_json_is_refused(data, train_net, capsys, tmp_path):

@@ -1,7 +1,8 @@
 """The frameworks' own tools on our configs and checkpoints, and demo recipes that compare.
 
 - mmdet's ``tools/train.py`` then ``tools/test.py`` (shipped inside the mmdet wheel under
-  ``mmdet/.mim/tools``) on the EfficientDet demo config, unchanged;
+  ``mmdet/.mim/tools``) on the EfficientDet demo config, unchanged, and its
+  ``analysis_tools/analyze_logs.py`` (seaborn) on the training log;
 - Detectron2's ``DefaultPredictor`` on that checkpoint, converted by
   ``tools/convert_checkpoint.py``;
 - the Detectron2 and MMDetection demo recipes train the same number of iterations on the
@@ -14,9 +15,11 @@ import importlib.util
 import json
 import math
 import os
+import runpy
 import subprocess
 import sys
 from pathlib import Path
+from unittest import mock
 
 import plugins.d2  # noqa: F401  (first: installs the detectron2._C stand-in when needed)
 
@@ -45,15 +48,18 @@ TINY_TEST = [
     "test_dataloader.num_workers=0",
     "test_dataloader.persistent_workers=False",
 ]
-# 4 training images, 2 per batch, 1 epoch: 2 iterations; no validation during training
+# 4 training images, 2 per batch, 1 epoch: 2 iterations; no validation during training (the
+# model-zoo file written at the end is evaluated on 4 validation images)
 TINY_TRAIN = [
     "train_dataloader.dataset.indices=4",
     "train_dataloader.batch_size=2",
     "train_dataloader.num_workers=0",
     "train_dataloader.persistent_workers=False",
+    *(item.replace("test_", "val_") for item in TINY_TEST),
     "train_cfg.max_epochs=1",
     "train_cfg.val_interval=1000",
     "default_hooks.checkpoint.interval=1",
+    "default_hooks.logger.interval=1",
 ]
 
 
@@ -90,6 +96,17 @@ def test_mmdet_own_train_and_test_tools_run_our_config(mm_checkpoint, tmp_path):
     log = proc.stdout + proc.stderr
     assert "coco/bbox_mAP_50" in log  # PluginsShapesMetric (CocoMetric) ran
     assert out.is_file() and out.stat().st_size > 0
+
+
+def test_mmdet_analyze_logs_plots_the_training_loss(mm_checkpoint, tmp_path):
+    # mmdet's analysis tools import seaborn (and benchmark.py psutil): setup installs both
+    # (run in this process: a command-line script that only reads the log and plots)
+    (scalars,) = mm_checkpoint.parent.glob("*/vis_data/scalars.json")
+    out = tmp_path / "loss.png"
+    argv = ["analyze_logs.py", "plot_curve", str(scalars), "--keys", "loss", "--out", str(out)]
+    with mock.patch.object(sys, "argv", argv), mock.patch.dict(os.environ, MPLBACKEND="Agg"):
+        runpy.run_path(str(MM_TOOLS / "analysis_tools" / "analyze_logs.py"), run_name="__main__")
+    assert out.stat().st_size > 0
 
 
 def test_detectron2_default_predictor_on_converted_checkpoint(mm_checkpoint, tmp_path):

@@ -16,6 +16,8 @@ from tests.own_coco import CLASSES, write_own_coco
 
 REPO = Path(__file__).resolve().parents[2]
 OWN = REPO / "configs" / "mmdet" / "own_data"
+# where the demo config names its variant: the tiny test variant keeps the run short
+TINY_VARIANT_AT = ("backbone", "neck", "bbox_head", "bbox_head.anchor_generator")
 
 
 def _user_copy(config: Path, dest: Path, data, classes=CLASSES) -> Path:
@@ -45,10 +47,10 @@ def test_one_block_sets_classes_everywhere(name, tmp_path):
     assert cfg.model.bbox_head.num_classes == 2
     for loader in ("train_dataloader", "val_dataloader", "test_dataloader"):
         ds = cfg[loader].dataset
-        assert ds.type == "CocoDataset" and ds.metainfo.classes == ("a", "b")
+        assert ds.type == "PluginsCocoDataset" and ds.metainfo.classes == ("a", "b")
         assert ds.data_root == data.root + "/" and "split" not in ds
     assert cfg.val_evaluator.ann_file == data.val_json
-    assert cfg.val_evaluator.type == "CocoMetric" and "split" not in cfg.val_evaluator
+    assert cfg.val_evaluator.type == "PluginsCocoMetric" and "split" not in cfg.val_evaluator
 
 
 def test_trains_and_evaluates_own_coco_json(tmp_path):
@@ -56,6 +58,7 @@ def test_trains_and_evaluates_own_coco_json(tmp_path):
     config = _user_copy(OWN / "efficientdet_demo_coco.py", tmp_path / "mine.py", data)
     work = tmp_path / "work"
     options = [
+        *(f"model.{m}.variant.base=efficientdet_test" for m in TINY_VARIANT_AT),
         "train_cfg.max_iters=2",
         "train_cfg.val_interval=2",
         "default_hooks.checkpoint.interval=2",

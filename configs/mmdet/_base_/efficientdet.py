@@ -137,6 +137,10 @@ custom_hooks = [
         update_buffers=True,
         priority=49,
     ),
+    # stop on a diverging loss, never write / rotate in a checkpoint with bad weights, and
+    # resume bit-exactly after a kill (plugins.mm.hooks)
+    dict(type="PluginsDivergenceGuardHook"),
+    dict(type="PluginsExactResumeHook"),
     # the model-zoo file <work_dir>/<config name>-<sha256[:8]>.pth after training
     # (the evaluated, EMA weights; plugins.mm.publish)
     dict(type="PluginsPublishHook"),

@@ -20,19 +20,22 @@
 _base_ = "../demo/efficientdet_shapes.py"
 
 # ---- your dataset ------------------------------------------------------------------------
-data_root = "data/my_dataset/"  # the folder holding the files below
+data_root = "data/my_dataset/"  # the folder holding the files below, ending in /
 train_ann, train_images = "annotations/train.json", "train/"
 val_ann, val_images = "annotations/val.json", "val/"
 classes = ("circle", "square", "triangle")  # the json's category names, in the order of their ids
 # --------------------------------------------------------------------------------------------
 
+# PluginsCocoDataset / PluginsCocoMetric: mmdet's CocoDataset / CocoMetric that check the json and
+# the images on load and drop broken boxes (NaN, empty, outside the image), under mmdet's own
+# tools/train.py too (plugins/mm/data_check.py)
 metainfo = dict(classes=classes)
 model = dict(bbox_head=dict(num_classes=len(classes)))
 train_dataloader = dict(
     sampler=dict(type="InfiniteSampler", shuffle=True),  # iterations, not epochs: see below
     dataset=dict(
         _delete_=True,
-        type="CocoDataset",
+        type="PluginsCocoDataset",
         data_root=data_root,
         ann_file=train_ann,
         data_prefix=dict(img=train_images),
@@ -44,7 +47,7 @@ train_dataloader = dict(
 val_dataloader = dict(
     dataset=dict(
         _delete_=True,
-        type="CocoDataset",
+        type="PluginsCocoDataset",
         data_root=data_root,
         ann_file=val_ann,
         data_prefix=dict(img=val_images),
@@ -54,7 +57,9 @@ val_dataloader = dict(
     )
 )
 test_dataloader = val_dataloader
-val_evaluator = dict(_delete_=True, type="CocoMetric", ann_file=data_root + val_ann, metric="bbox")
+val_evaluator = dict(
+    _delete_=True, type="PluginsCocoMetric", ann_file=data_root + val_ann, metric="bbox"
+)
 test_evaluator = val_evaluator
 
 # 1400 iterations of batch 8 (Detectron2: SOLVER.MAX_ITER 1400, SOLVER.IMS_PER_BATCH 8), linear
