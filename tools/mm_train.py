@@ -10,8 +10,12 @@ Distributed (CPU gloo or GPU nccl) through mmengine + torchrun::
     python -m torch.distributed.run --nproc_per_node 2 tools/mm_train.py CONFIG --launcher pytorch
 
 Before building the runner the config is checked, and the script exits with status 2 and a
-message naming the problem for: an unknown model type, a dataset root that does not exist
-(with how to use the embedded Shapes dataset instead), and a missing or corrupt checkpoint.
+message naming the problem for: an unknown registry type anywhere in the config or a value of
+the wrong type (one line each, with close matches: :mod:`plugins.mm.config_check`), a dataset
+root that does not exist (with how to use the embedded Shapes dataset instead), and a missing
+or corrupt checkpoint. Training adds the plugins' divergence guard and exact-resume hooks
+(:mod:`plugins.mm.hooks`) when the config does not list them; a diverging run stops with one
+``mm_train: error: training diverged ...`` line and exit status 2.
 """
 
 from __future__ import annotations
@@ -127,34 +131,19 @@ def load_config(path: str, cfg_options: dict | None = None):
     return cfg
 
 
-def check_model_types(cfg, config_path: str) -> None:
-    """Every ``type`` of the model, backbone, neck and heads must be registered.
+def check_model_types(cfg, config_path: str, mode: str = "train") -> None:
+    """Every registry ``type`` (model, losses, datasets, transforms, optimizer, schedulers,
+    hooks, metrics, nms, ...) and the basic values of the config, before anything is built
+    (:func:`plugins.mm.config_check.check_config`; ``mode="test"`` checks what testing uses).
 
     Raises:
-        ConfigProblem: names the unknown type, where it is and what is registered.
+        ConfigProblem: one line per problem: key path, bad value, close registered names.
     """
-    from mmdet.registry import MODELS
-    from mmdet.utils import register_all_modules
+    from plugins.mm.config_check import check_config
 
-    register_all_modules(init_default_scope=False)
-    model = cfg.get("model")
-    if model is None:
-        raise ConfigProblem(f"config {config_path}: no 'model' entry")
-    places = [("model", model)]
-    for key in ("backbone", "neck", "bbox_head", "rpn_head", "roi_head", "data_preprocessor"):
-        sub = model.get(key)
-        if isinstance(sub, dict):
-            places.append((f"model.{key}", sub))
-    for where, node in places:
-        name = node.get("type")
-        if isinstance(name, str) and MODELS.get(name) is None:
-            plugins = sorted(k for k in MODELS.module_dict if k.startswith("Plugins"))
-            raise ConfigProblem(
-                f"config {config_path}: unknown model type {name!r} at {where}.type; it is not "
-                f"registered in mmdet's MODELS registry. Check the spelling, and that the config "
-                f"loads the plugins with custom_imports = dict(imports=['plugins.mm'], "
-                f"allow_failed_imports=False). Plugin types: {', '.join(plugins)}"
-            )
+    problems = check_config(cfg, mode)
+    if problems:
+        raise ConfigProblem("\n".join(f"config {config_path}: {p}" for p in problems))
 
 
 def _datasets(node, where: str) -> Iterator[tuple[str, dict]]:
@@ -292,8 +281,9 @@ def trust_local_checkpoints() -> None:
 
 
 def fail(prog: str, message: str) -> None:
-    """Print ``prog: error: message`` to stderr and exit with status 2."""
-    print(f"{prog}: error: {message}", file=sys.stderr, flush=True)
+    """Print ``prog: error: <line>`` for each line of ``message`` to stderr, exit with status 2."""
+    for line in message.splitlines() or [""]:
+        print(f"{prog}: error: {line}", file=sys.stderr, flush=True)
     sys.exit(2)
 
 
@@ -337,6 +327,9 @@ def build_train_config(args: argparse.Namespace):
         cfg.resume = True
         cfg.load_from = args.resume
 
+    from plugins.mm.hooks import add_missing_hooks
+
+    add_missing_hooks(cfg)
     check_model_types(cfg, args.config)
     validate = cfg.get("val_cfg") is not None and cfg.get("val_dataloader") is not None
     check_data(
@@ -358,6 +351,8 @@ def run_tool(prog: str, args: argparse.Namespace, build_config, action: str) -> 
     from mmengine.registry import RUNNERS
     from mmengine.runner import Runner
 
+    from plugins.guard import DivergenceError
+
     setup_cache_size_limit_of_dynamo()
     try:
         cfg = build_config(args)
@@ -366,7 +361,10 @@ def run_tool(prog: str, args: argparse.Namespace, build_config, action: str) -> 
     setup_distributed_on_cpu(cfg, args.launcher)
     trust_local_checkpoints()
     runner = Runner.from_cfg(cfg) if "runner_type" not in cfg else RUNNERS.build(cfg)
-    getattr(runner, action)()
+    try:
+        getattr(runner, action)()
+    except DivergenceError as exc:  # plugins.mm.hooks.PluginsDivergenceGuardHook
+        fail(prog, str(exc))
 
 
 def main(argv: list[str] | None = None) -> None:

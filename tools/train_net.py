@@ -18,8 +18,9 @@ key ``DATASETS.COCO_JSON``), then name it in ``DATASETS.TRAIN`` / ``DATASETS.TES
         --coco-dataset my_val data/my/val.json data/my/val \
         DATASETS.TRAIN "('my_train',)" DATASETS.TEST "('my_val',)" MODEL.EFFICIENTDET.NUM_CLASSES 3
 
-Unknown config keys, missing datasets and unreadable checkpoints stop the run with exit status 1
-and a one-line ``train_net.py: error: ...`` message.
+Unknown config keys, missing datasets, unreadable checkpoints and a diverging loss
+(``SOLVER.DIVERGENCE_GUARD``) stop the run with exit status 1 and a one-line
+``train_net.py: error: ...`` message.
 """
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ from plugins.d2.datasets import (  # noqa: E402
 from plugins.d2.engine import CheckpointLoadError, Trainer, load_checkpoint  # noqa: E402
 from plugins.d2.launch import cpu_launch_problem, launch  # noqa: E402
 from plugins.data.check import DatasetCheckError  # noqa: E402
+from plugins.guard import DivergenceError  # noqa: E402
 
 logger = logging.getLogger("plugins.train_net")
 
@@ -135,15 +137,22 @@ def run(argv: list[str] | None = None) -> int:
             dist_url=args.dist_url,
             args=(args,),
         )
-    except (ConfigError, DatasetMissingError, DatasetCheckError, CheckpointLoadError) as e:
+    except (
+        ConfigError,
+        DatasetMissingError,
+        DatasetCheckError,
+        CheckpointLoadError,
+        DivergenceError,
+    ) as e:
         kind = {
             ConfigError: "invalid config",
             DatasetMissingError: "missing dataset",
             DatasetCheckError: "bad dataset",
             CheckpointLoadError: "bad checkpoint",
+            DivergenceError: "",  # its message starts with "training diverged"
         }[type(e)]
         if comm.is_main_process():
-            print(f"train_net.py: error: {kind}: {e}", file=sys.stderr)
+            print(f"train_net.py: error: {kind + ': ' if kind else ''}{e}", file=sys.stderr)
         return 1
     return 0
 

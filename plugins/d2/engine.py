@@ -15,6 +15,10 @@ ETA, periodic checkpoints, ``AMPTrainer`` when ``SOLVER.AMP.ENABLED``, the
   drops are dropped from the loaders and the evaluator's ground truth too),
   unreadable checkpoints (:class:`CheckpointLoadError`), AMP without CUDA;
 - ``DATASETS.COCO_JSON``: the user's COCO-format datasets, registered when it is built;
+- ``SOLVER.DIVERGENCE_GUARD``: a diverging run stops with :class:`plugins.guard.DivergenceError`
+  and no checkpoint with bad weights is written (:mod:`plugins.d2.guard`);
+- exact resume: the train loader starts at the resumed iteration, every iteration is reseeded,
+  the optimizer is checkpointed (:mod:`plugins.d2.resume`);
 - multi-process CPU training (gloo): the model's DDP wrapper gets no ``device_ids``.
 """
 
@@ -26,7 +30,7 @@ import os
 
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
-from detectron2.data import DatasetMapper, build_detection_train_loader
+from detectron2.data import DatasetMapper
 from detectron2.data import transforms as T
 from detectron2.engine import DefaultTrainer, hooks
 from detectron2.engine import defaults as d2_defaults
@@ -41,7 +45,9 @@ from ._compat import HAS_D2_C
 from .data_check import check_dataset_contents, drop_bad_ground_truth
 from .datasets import check_datasets, prepare_dataset, register_config_datasets
 from .ema import EMAHook, ModelEMA, unwrap_model
+from .guard import DivergenceGuardHook, divergence_as_error, install_divergence_guard
 from .publish import is_published_ema, publish_trainer
+from .resume import build_resumable_train_loader, install_exact_resume, restart_train_loader
 
 __all__ = ["Trainer", "CheckpointLoadError", "build_train_augmentations", "load_checkpoint"]
 
@@ -164,6 +170,7 @@ class Trainer(DefaultTrainer):
                 "set SOLVER.AMP.ENABLED False to train on CPU"
             )
         self.ema: ModelEMA | None = None
+        self.guard: DivergenceGuardHook | None = None
         with _ddp_without_device_ids_on_cpu():
             super().__init__(cfg)
 
@@ -180,7 +187,7 @@ class Trainer(DefaultTrainer):
     @classmethod
     def build_train_loader(cls, cfg):
         mapper = DatasetMapper(cfg, is_train=True, augmentations=build_train_augmentations(cfg))
-        return build_detection_train_loader(cfg, mapper=mapper)
+        return build_resumable_train_loader(cfg, mapper)
 
     @classmethod
     def build_optimizer(cls, cfg, model: nn.Module) -> torch.optim.Optimizer:
@@ -209,19 +216,25 @@ class Trainer(DefaultTrainer):
             ret.insert(1, EMAHook(self.ema, self.model))
 
         def evaluate():
+            if self.guard is not None and self.guard.stopped:
+                return {}  # training failed: Detectron2 still calls this in after_train
             self._last_eval_results = self.evaluate_current(self.cfg, self.model)
             return self._last_eval_results
 
-        return [
+        ret = [
             hooks.EvalHook(self.cfg.TEST.EVAL_PERIOD, evaluate)
             if isinstance(h, hooks.EvalHook)
             else h
             for h in ret
         ]
+        install_exact_resume(self, ret)
+        self.guard = install_divergence_guard(self, ret)
+        return ret
 
     def train(self):
-        """Detectron2's training loop, then the model-zoo file (``PUBLISH.*``)."""
-        results = super().train()
+        """Detectron2's training loop; divergence raises :class:`plugins.guard.DivergenceError`."""
+        with divergence_as_error(self):
+            results = super().train()
         publish_trainer(self)  # the model-zoo file (PUBLISH.*, plugins.d2.publish)
         return results
 
@@ -239,6 +252,7 @@ class Trainer(DefaultTrainer):
             path = self.checkpointer.get_checkpoint_file()
             _load_or_raise(self.checkpointer, path)
             self.start_iter = self.iter + 1
+            restart_train_loader(self)
             logger.info("Resumed from %s at iteration %d", path, self.start_iter)
         elif path:
             _load_or_raise(self.checkpointer, path, checkpointables=[])

@@ -248,16 +248,21 @@ class _Checker:
         fine); the message names it ``shown`` (default ``path``)."""
         *parents, key = path.split(".")
         for part in parents:
-            if not isinstance(node, dict):
+            if not _is_mapping(node):
                 return
             node = node.get(part)
-        if not isinstance(node, dict) or key not in node:
+        if not _is_mapping(node) or key not in node:
             return
         value = node[key]
         if not ok(value):
             self.problems.append(
                 f"{shown or path}: expected {expected}, got {value!r} ({type(value).__name__})"
             )
+
+
+def _is_mapping(node) -> bool:
+    """A dict, ``ConfigDict`` or mmengine ``Config`` (which is not a dict)."""
+    return isinstance(node, dict) or (hasattr(node, "get") and hasattr(node, "__contains__"))
 
 
 def _importable(module: str) -> bool:

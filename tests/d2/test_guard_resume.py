@@ -7,7 +7,6 @@ is imported once; each child has its own loggers and dies with its run): the tin
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import re
 import signal
@@ -27,18 +26,9 @@ from detectron2.engine import HookBase
 from plugins.d2.resume import ResumableTrainLoader
 from plugins.safe_load import load_checkpoint_file
 from tests.d2.test_train_net import DEMO, TINY
+from tests.mm.test_tools import _load_tool
 
-REPO = Path(__file__).resolve().parents[2]
 RUN = [*TINY, "SOLVER.CHECKPOINT_PERIOD", "2", "DATASETS.TEST", "()", "SOLVER.MAX_ITER", "6"]
-
-
-def _train_net():
-    spec = importlib.util.spec_from_file_location(
-        "_guard_train_net", REPO / "tools" / "train_net.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def _forked(fn: Callable[[], int], log: Path) -> int:
@@ -60,7 +50,7 @@ def _forked(fn: Callable[[], int], log: Path) -> int:
 def _run(argv: list[str], log: Path, kill_at: int | None = None) -> int:
     """``train_net.py argv`` in a child; with ``kill_at``, the child SIGKILLs itself after that
     iteration. Returns the exit code (or -signal)."""
-    tool = _train_net()
+    tool = _load_tool("train_net")
 
     def main() -> int:
         if kill_at is not None:

@@ -8,7 +8,6 @@ imported) that sends itself SIGKILL after an iteration.
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import signal
 from pathlib import Path
@@ -19,6 +18,7 @@ from mmdet.registry import HOOKS
 from mmengine.hooks import Hook
 
 from plugins.safe_load import load_checkpoint_file
+from tests.mm.test_tools import _load_tool
 
 REPO = Path(__file__).resolve().parents[2]
 DEMO = REPO / "configs" / "mmdet" / "demo" / "efficientdet_shapes.py"
@@ -58,13 +58,6 @@ class _GuardTestKillAfterIteration(Hook):
             os.kill(os.getpid(), signal.SIGKILL)
 
 
-def _mm_train():
-    spec = importlib.util.spec_from_file_location("_guard_mm_train", REPO / "tools" / "mm_train.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.fixture(scope="module")
 def tiny_config(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("mm_guard") / "tiny.py"
@@ -73,7 +66,7 @@ def tiny_config(tmp_path_factory) -> Path:
 
 
 def _train(config: Path, work: Path, *extra: str) -> None:
-    _mm_train().main([str(config), "--work-dir", str(work), *extra])
+    _load_tool("mm_train").main([str(config), "--work-dir", str(work), *extra])
 
 
 def _train_killed(config: Path, work: Path, kill_at: int) -> int:
@@ -81,7 +74,7 @@ def _train_killed(config: Path, work: Path, kill_at: int) -> int:
     pid = os.fork()
     if pid == 0:  # the child: never returns into pytest
         try:
-            tool = _mm_train()
+            tool = _load_tool("mm_train")
             build = tool.build_train_config
 
             def build_train_config(args):
