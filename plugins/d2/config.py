@@ -18,6 +18,8 @@ New nodes:
 - ``SOLVER.OPTIMIZER``: ``"SGD"`` (Detectron2's default) or ``"AdamW"``.
 - ``SOLVER.DIVERGENCE_GUARD``: stop a diverging run, keep bad weights out of checkpoints
   (:mod:`plugins.d2.guard`).
+- ``DATASETS.COCO_JSON``: your own COCO-format datasets, registered by name
+  (:func:`plugins.d2.datasets.register_config_datasets`) for ``DATASETS.TRAIN`` / ``TEST``.
 - the CornerNet keys of :func:`plugins.d2.cornernet.add_cornernet_config`.
 - ``PUBLISH``: the model-zoo file written at the end of training
   (:func:`plugins.d2.publish.add_publish_config`).
@@ -59,6 +61,7 @@ def add_plugins_config(cfg: CN) -> None:
     _add_input_config(cfg)
     _add_solver_config(cfg)
     _add_divergence_guard_config(cfg)
+    _add_datasets_config(cfg)
     add_cornernet_config(cfg)
     add_publish_config(cfg)
 
@@ -194,3 +197,17 @@ def _add_divergence_guard_config(cfg: CN) -> None:
     # A checkpoint whose weights (model or EMA) hold a value with |x| > MAX_WEIGHT is refused
     # (0: only non-finite values are refused).
     node.MAX_WEIGHT = 1e8
+
+
+def _add_datasets_config(cfg: CN) -> None:
+    if "COCO_JSON" in cfg.DATASETS:
+        return
+    # Your own COCO-format datasets: a list of (name, json_file, image_root) triples, each
+    # registered as a Detectron2 dataset `name` (register_coco_instances) before DATASETS.TRAIN
+    # and DATASETS.TEST are looked up, e.g. in YAML
+    #   COCO_JSON: [["my_train", "data/my/train.json", "data/my/train"],
+    #               ["my_val", "data/my/val.json", "data/my/val"]]
+    # or tools/train_net.py --coco-dataset my_train data/my/train.json data/my/train.
+    # Relative paths are resolved against the working directory. The model's NUM_CLASSES must
+    # equal the number of categories in the json (checked when training starts).
+    cfg.DATASETS.COCO_JSON = []
