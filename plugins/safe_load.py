@@ -298,8 +298,8 @@ def load_pickle_file(path: str | os.PathLike, encoding: str = "latin1") -> Any:
         raise _refusal(path, str(exc)) from None
     except (pickle.UnpicklingError, EOFError, OSError, ValueError, TypeError, AttributeError) as e:
         raise CheckpointUnreadableError(
-            f"cannot read checkpoint {path}: not a readable pickle or torch file "
-            f"({type(e).__name__}: {_first_line(e)})"
+            f"cannot read checkpoint {path}: the file is corrupt or not a checkpoint (neither "
+            f"a torch file nor a readable pickle; {type(e).__name__}: {_first_line(e)})"
         ) from None
 
 
