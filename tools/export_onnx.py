@@ -66,7 +66,8 @@ class LoadedModel:
         family: ``"efficientdet"``, ``"retinanet"`` or ``"cornernet"``.
         model: the framework's model (eval mode, on the requested device).
         cfg: the framework's config object.
-        class_names: class names, in label order.
+        class_names: class names, in label order (``"0"``, ``"1"``, ... when neither the
+            checkpoint nor the config's dataset names them).
         config: path of the config file.
         checkpoint: path of the checkpoint.
     """
@@ -155,6 +156,8 @@ def _load_d2(config: str, checkpoint: str, device: str) -> LoadedModel:
     names = ()
     if cfg.DATASETS.TEST:
         names = tuple(MetadataCatalog.get(cfg.DATASETS.TEST[0]).get("thing_classes", ()))
+    if len(names) != model.num_classes:  # no dataset metadata: numbered classes
+        names = tuple(str(i) for i in range(model.num_classes))
     return LoadedModel("d2", family, model.eval(), cfg, names, config, checkpoint)
 
 
@@ -190,6 +193,8 @@ def _load_mm(config: str, checkpoint: str, device: str) -> LoadedModel:
         if not names and dataset.get("type"):
             dataset_cls = DATASETS.get(dataset["type"])
             names = tuple(getattr(dataset_cls, "METAINFO", {}).get("classes", ()))
+    if len(names) != model.bbox_head.num_classes:  # no dataset metadata: numbered classes
+        names = tuple(str(i) for i in range(model.bbox_head.num_classes))
     model.cfg = cfg
     model.dataset_meta = {"classes": names}
     return LoadedModel("mm", family, model.to(device).eval(), cfg, names, config, checkpoint)

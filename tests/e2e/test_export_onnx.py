@@ -16,15 +16,12 @@ half-written is left).
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import plugins.d2  # noqa: F401  (first: installs the detectron2._C stand-in when needed)
 
 # isort: split
-import cv2
 import numpy as np
 import pytest
 import torch
@@ -35,96 +32,16 @@ import plugins.d2.export as d2_export
 import plugins.mm  # noqa: F401  (registration)
 import plugins.mm.export as mm_export
 from plugins.core.corner_pool import _SCAN, _running_max_by_doubling, corner_pool
-from plugins.data.shapes import ensure_shapes_dataset
 from plugins.export import onnx as export_io
+from tests.e2e.deploy_helpers import CONFIGS, REPO, load_tool, val_images, write_checkpoint
 
-REPO = Path(__file__).resolve().parents[2]
 SIZE = 128
 BATCH = 2
 NUM_IMAGES = 4
 SCORE_ATOL = 1e-4
 BOX_ATOL = 1e-3  # of the image size
 
-CONFIGS = {
-    ("d2", "efficientdet"): "configs/demo/efficientdet_shapes.yaml",
-    ("d2", "retinanet"): "configs/demo/retinanet_shapes.yaml",
-    ("d2", "cornernet"): "configs/demo/cornernet_shapes.yaml",
-    ("mm", "efficientdet"): "configs/mmdet/demo/efficientdet_shapes.py",
-    ("mm", "retinanet"): "configs/mmdet/demo/retinanet_shapes.py",
-    ("mm", "cornernet"): "configs/mmdet/demo/cornernet_shapes.py",
-}
-
-
-def _load_tool(name: str):
-    spec = importlib.util.spec_from_file_location(name, REPO / "tools" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module  # dataclasses look their module up
-    spec.loader.exec_module(module)
-    return module
-
-
-export_tool = _load_tool("export_onnx")
-
-
-# ------------------------------------------------------------------------------------------
-# Models, checkpoints, images
-# ------------------------------------------------------------------------------------------
-def perturb_(model: torch.nn.Module, seed: int) -> None:
-    """Seeded random weights with varied outputs: BatchNorm statistics drawn at random, the
-    class-prior biases (prior 0.01: about -4.6) spread around -1.5 so that many candidates pass
-    the score thresholds, small noise on everything else."""
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, tensor in model.state_dict().items():
-            if not tensor.is_floating_point() or tensor.numel() == 0:
-                continue
-            noise = torch.randn(tensor.shape, generator=gen)
-            flat = tensor.flatten()
-            if name.endswith("running_var"):
-                tensor.copy_(0.5 + noise.abs())
-            elif name.endswith("running_mean"):
-                tensor.copy_(noise * 0.1)
-            elif (
-                name.endswith("bias") and flat[0] < -2 and bool((flat - flat[0]).abs().max() < 1e-6)
-            ):
-                tensor.copy_(noise - 1.5)
-            else:
-                tensor.add_(noise * 0.02)
-
-
-def write_checkpoint(framework: str, config: str, path: Path, seed: int) -> None:
-    """A checkpoint of the config's model with :func:`perturb_` weights, in the framework's layout."""
-    torch.manual_seed(seed)
-    if framework == "d2":
-        from detectron2.modeling import build_model
-        from train_net import load_config  # tools/ is on sys.path through export_tool
-
-        model = build_model(load_config(config, ["MODEL.DEVICE", "cpu"]))
-    else:
-        from mmdet.registry import MODELS
-        from mmengine.config import Config
-
-        model = MODELS.build(Config.fromfile(config).model)
-    perturb_(model, seed)
-    state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    torch.save({"model": state} if framework == "d2" else {"state_dict": state, "meta": {}}, path)
-
-
-def letterbox(image_rgb: np.ndarray, size: int) -> np.ndarray:
-    """``(H, W, 3)`` -> ``(3, size, size)`` uint8: longer side resized to ``size``, zero padded."""
-    scale = size / max(image_rgb.shape[:2])
-    h, w = round(image_rgb.shape[0] * scale), round(image_rgb.shape[1] * scale)
-    canvas = np.zeros((size, size, 3), np.uint8)
-    canvas[:h, :w] = cv2.resize(image_rgb, (w, h), interpolation=cv2.INTER_LINEAR)
-    return np.ascontiguousarray(canvas.transpose(2, 0, 1))
-
-
-def val_images(size: int, count: int) -> np.ndarray:
-    """``count`` embedded Shapes val images as ``(count, 3, size, size)`` uint8 RGB."""
-    folder = Path(ensure_shapes_dataset().val_images)
-    files = sorted(folder.glob("*.jpg"))[:count]
-    assert len(files) == count
-    return np.stack([letterbox(cv2.imread(str(f))[:, :, ::-1], size) for f in files])
+export_tool = load_tool("export_onnx")
 
 
 def framework_predict(loaded, images: np.ndarray) -> list[tuple[np.ndarray, ...]]:
