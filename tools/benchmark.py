@@ -917,6 +917,136 @@ def _min_ratio_soft_nms(p: dict) -> float:
     return 5.0 if p["n"] == 5000 else 1.0
 
 
+# ------------------------------------------------------------------------------------------
+# 8. The exported ONNX graph (whole detector) in onnxruntime
+# ------------------------------------------------------------------------------------------
+
+
+def _onnx_rows(quick: bool, device: str) -> list[dict]:
+    if quick:
+        return [dict(variant="efficientdet_test", batch=1, size=128)]
+    return [dict(variant="efficientdet_d0", batch=b, size=512) for b in (1, 8)]
+
+
+def _build_onnx(p: dict, device: str, only: str | None = None) -> Bench:
+    """Whole D0 detector: onnxruntime (our exported graph) vs our eager module vs effdet."""
+    import shutil
+
+    import effdet
+
+    from plugins.convert.effdet import convert_effdet_state_dict
+    from plugins.core.anchors import feature_sizes, generate_anchors
+    from plugins.core.efficientdet import EfficientDet
+    from plugins.core.variants import EFFICIENTDET_VARIANTS
+    from plugins.export.detector import (
+        AnchorDecoder,
+        ExportableDetector,
+        Selection,
+        efficientdet_box_decoder,
+    )
+    from plugins.export.onnx import OnnxDetector, export_onnx
+
+    if device != "cpu":
+        raise ValueError("onnx case: CPU only (onnxruntime's CPU provider)")
+    variant = EFFICIENTDET_VARIANTS[p["variant"]]
+    size, batch, classes = p["size"], p["batch"], 90
+    cfg = effdet.get_efficientdet_config("tf_efficientdet_d0")
+    cfg.image_size, cfg.num_classes = (size, size), classes
+    torch.manual_seed(6)
+    ref = effdet.EfficientDet(cfg, pretrained_backbone=False).eval()
+    _randomise_bn_(ref, 7)
+    with torch.no_grad():  # logits around -2.5: about a thousand candidates above 0.05
+        bias = ref.class_net.predict.conv_pw.bias
+        bias.copy_(torch.randn(bias.shape, generator=torch.Generator().manual_seed(9)) - 2.5)
+    net = EfficientDet(variant, classes).eval()
+    if p["variant"] == "efficientdet_d0":
+        net.load_state_dict(convert_effdet_state_dict(ref.state_dict(), variant), strict=True)
+    else:  # the quick run's tiny variant: random weights of its own
+        with torch.no_grad():
+            net.class_net.predict.pw.bias.normal_(-1.5, 1.0)
+    v = variant
+    anchors = generate_anchors(
+        (size, size), v.min_level, v.max_level, v.num_scales, v.aspect_ratios, v.anchor_scale
+    )
+    levels = feature_sizes((size, size), v.max_level)[v.min_level :]
+    detector = ExportableDetector(
+        net,
+        AnchorDecoder(
+            anchors,
+            [h * w for h, w in levels],
+            v.num_anchors,
+            classes,
+            1000,
+            0.05,
+            efficientdet_box_decoder(),
+        ),
+        Selection(num_classes=classes, max_detections=100, nms_iou_threshold=0.5, shift_limit=1000),
+        (size, size),
+        [123.675, 116.28, 103.53],
+        [58.395, 57.12, 57.375],
+    ).eval()
+    images = detector.example_input(batch, seed=8)
+    normalised = (images.float() - detector.pixel_mean) / detector.pixel_std
+    impls: dict[str, Callable[[], object]] = {}
+    bench = Bench(impls, lambda outs: "")
+    if only in (None, "ours"):
+        folder = tempfile.mkdtemp(prefix="bench_onnx_")
+        weakref.finalize(bench, shutil.rmtree, folder, True)  # the folder is ours
+        path = export_onnx(detector, os.path.join(folder, "d0.onnx"), batch=batch)
+        runner = OnnxDetector(path, threads=torch.get_num_threads())
+        array = images.numpy()
+        impls["ours"] = lambda: runner(array)
+    if only in (None, "torch_eager"):
+
+        def eager():
+            with torch.no_grad():
+                return detector(images)
+
+        impls["torch_eager"] = eager
+    if only in (None, "effdet") and p["variant"] == "efficientdet_d0":
+        predict = effdet.DetBenchPredict(ref).eval()
+
+        def peer():
+            with torch.no_grad():
+                return predict(normalised)
+
+        impls["effdet"] = peer
+
+    def compare(outs: dict) -> str:
+        import numpy as np
+
+        ort = outs["ours"]
+        boxes, scores, labels, count = (t.numpy() for t in outs["torch_eager"])
+        assert (ort["num_detections"] == count).all(), "ONNX / eager detection counts differ"
+        worst = 0.0
+        for i in range(batch):
+            n = int(count[i])
+            assert n > 0, "no detections: the comparison would be vacuous"
+            order_o = np.lexsort((ort["labels"][i, :n], -ort["scores"][i, :n]))
+            order_e = np.lexsort((labels[i, :n], -scores[i, :n]))
+            assert (ort["labels"][i, :n][order_o] == labels[i, :n][order_e]).all()
+            worst = max(
+                worst, float(np.abs(ort["boxes"][i, :n][order_o] - boxes[i, :n][order_e]).max())
+            )
+            worst_s = float(np.abs(ort["scores"][i, :n][order_o] - scores[i, :n][order_e]).max())
+            assert worst < 1e-3 * size and worst_s < 1e-4, (worst, worst_s)
+        text = f"ONNX = eager: {int(count.sum())} detections, max box diff {worst:.1e} px"
+        if "effdet" in outs:  # its own post-processing (5000 pre-NMS, no threshold): top-1
+            top = outs["effdet"][:, 0].numpy()
+            assert np.abs(top[:, :4] - boxes[:, 0]).max() < 1e-3 * size
+            assert (top[:, 5].astype(int) - 1 == labels[:, 0]).all()
+            assert np.abs(top[:, 4] - scores[:, 0]).max() < 1e-4
+            text += "; effdet top-1 equal (tol 1e-4)"
+        return text
+
+    bench.compare = compare
+    if only is None:
+        bench.skipped["onnxruntime GPU / TensorRT"] = (
+            "no GPU device here; the graph runs on any onnxruntime provider"
+        )
+    return bench
+
+
 CASES: dict[str, Case] = {
     c.name: c
     for c in (
@@ -1013,6 +1143,21 @@ CASES: dict[str, Case] = {
             "head (the inference option; off by default); peer: mmdet's `HourglassNet` + "
             "`CornerHead` built from `cornernet_hourglass104_8xb6-210e-mstest_coco.py`; same "
             "weights via `convert_mmdet_cornernet_state_dict`; batch 1, inference.",
+        ),
+        Case(
+            "onnx",
+            "8. Exported EfficientDet-D0 in onnxruntime (whole detector, CPU)",
+            _onnx_rows,
+            _build_onnx,
+            "report (no target)",
+            None,
+            "Ours: `tools/export_onnx.py`'s graph (`plugins.export`: uint8 input, normalisation, "
+            "network, decoding, top-1000 per level, score > 0.05, per-class NMS 0.5, top 100) "
+            "in onnxruntime's CPU provider with torch's thread count; peers: the same "
+            "`ExportableDetector` run eagerly in PyTorch (channels-last network) and effdet's "
+            "`DetBenchPredict(tf_efficientdet_d0)` (its own post-processing: 5000 candidates, "
+            "NMS 0.5, top 100) with the same weights; random weights, class biases about -2.5 so "
+            "that NMS has work. The ONNX and eager detections are checked to be the same.",
         ),
         Case(
             "training",
