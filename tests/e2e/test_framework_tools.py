@@ -35,32 +35,17 @@ from PIL import Image
 
 from plugins.d2 import add_plugins_config
 from plugins.data.shapes import ensure_shapes_dataset
+from tests.mm.test_tools import TINY
 
 REPO = Path(__file__).resolve().parents[2]
 MM_TOOLS = Path(mmdet.__file__).parent / ".mim" / "tools"
 MM_DEMO = REPO / "configs" / "mmdet" / "demo" / "efficientdet_shapes.py"
 D2_DEMO = REPO / "configs" / "demo" / "efficientdet_shapes.yaml"
 
-# 4 test images, no worker processes
-TINY_TEST = [
-    "test_dataloader.dataset.indices=4",
-    "test_dataloader.batch_size=2",
-    "test_dataloader.num_workers=0",
-    "test_dataloader.persistent_workers=False",
-]
-# 4 training images, 2 per batch, 1 epoch: 2 iterations; no validation during training (the
-# model-zoo file written at the end is evaluated on 4 validation images)
-TINY_TRAIN = [
-    "train_dataloader.dataset.indices=4",
-    "train_dataloader.batch_size=2",
-    "train_dataloader.num_workers=0",
-    "train_dataloader.persistent_workers=False",
-    *(item.replace("test_", "val_") for item in TINY_TEST),
-    "train_cfg.max_epochs=1",
-    "train_cfg.val_interval=1000",
-    "default_hooks.checkpoint.interval=1",
-    "default_hooks.logger.interval=1",
-]
+# tests/mm/test_tools.py's options (4 images per split, 2 per batch, no workers: 2 iterations
+# per epoch), one epoch without validation; the model-zoo file written at the end of training
+# is evaluated on the 4 validation images
+TINY_TRAIN = [*TINY, "train_cfg.max_epochs=1", "train_cfg.val_interval=1000"]
 
 
 def _run(*args: str, cwd: Path) -> subprocess.CompletedProcess:
@@ -90,7 +75,7 @@ def test_mmdet_own_train_and_test_tools_run_our_config(mm_checkpoint, tmp_path):
     out = tmp_path / "preds.pkl"
     proc = _run(
         str(MM_TOOLS / "test.py"), str(MM_DEMO), str(mm_checkpoint),
-        "--work-dir", str(tmp_path), "--out", str(out), "--cfg-options", *TINY_TEST,
+        "--work-dir", str(tmp_path), "--out", str(out), "--cfg-options", *TINY,
         cwd=tmp_path,
     )  # fmt: skip
     log = proc.stdout + proc.stderr
