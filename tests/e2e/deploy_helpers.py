@@ -63,10 +63,42 @@ def perturb_(model: torch.nn.Module, seed: int) -> None:
                 tensor.add_(noise * 0.02)
 
 
+def calibrate_batchnorm_(framework: str, model: torch.nn.Module, size: int) -> None:
+    """BatchNorm statistics recomputed on four val images at ``size`` (the network part only).
+
+    A deep network with random weights and arbitrary statistics gives feature maps that hardly
+    vary across the image (D0: logits varying by 0.01 over positions), so the scores of
+    different boxes tie to the last float digits and their order is float noise. Statistics
+    measured on real images restore the contrast, as in a trained network (variances floored
+    at 0.01: the coarsest levels see few positions).
+    """
+    adapter = importlib.import_module(f"plugins.{framework}.export")
+    detector, _ = adapter.exportable_detector(model, (size, size))
+    images = torch.from_numpy(val_images(size, 4)).float()
+    if detector.network_channels == "BGR":
+        images = images.flip(1)
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    for bn in norms:
+        bn.reset_running_stats()
+        bn.momentum = None  # cumulative average over what is run now
+        bn.train()
+    with torch.no_grad():
+        detector.network((images - detector.pixel_mean) / detector.pixel_std)
+        for bn in norms:
+            bn.running_var.clamp_(min=0.01)
+    model.eval()
+
+
 def write_checkpoint(
-    framework: str, config: str, path: Path, seed: int, extra: dict | None = None
+    framework: str,
+    config: str,
+    path: Path,
+    seed: int,
+    extra: dict | None = None,
+    calibrate_size: int | None = None,
 ) -> None:
-    """A checkpoint of the config's model with :func:`perturb_` weights, in the framework's
+    """A checkpoint of the config's model with :func:`perturb_` weights (BatchNorm statistics
+    from :func:`calibrate_batchnorm_` at ``calibrate_size`` when given), in the framework's
     layout (Detectron2: ``model``; mmengine: ``state_dict`` and ``meta``), plus ``extra``."""
     torch.manual_seed(seed)
     if framework == "d2":
@@ -82,6 +114,8 @@ def write_checkpoint(
 
         model = MODELS.build(Config.fromfile(config).model)
     perturb_(model, seed)
+    if calibrate_size:
+        calibrate_batchnorm_(framework, model, calibrate_size)
     state = {k: v.detach().clone() for k, v in model.state_dict().items()}
     data = {"model": state} if framework == "d2" else {"state_dict": state, "meta": {}}
     torch.save({**data, **(extra or {})}, path)

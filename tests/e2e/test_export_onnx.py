@@ -158,7 +158,7 @@ def test_efficientdet_d0_512_matches(tmp_path, single_thread):
     """Full-size EfficientDet-D0 (90 classes, 512 px, random weights) through Detectron2."""
     config = str(REPO / "configs" / "efficientdet_d0.yaml")
     checkpoint, output = tmp_path / "d0.pth", tmp_path / "d0.onnx"
-    write_checkpoint("d2", config, checkpoint, seed=3)
+    write_checkpoint("d2", config, checkpoint, seed=3, calibrate_size=512)
     argv = [config, str(checkpoint), "--output", str(output), "--size", "512"]
     assert export_tool.main(argv) == 0
     loaded = export_tool.load_model(config, str(checkpoint))
