@@ -1013,30 +1013,31 @@ def _build_onnx(p: dict, device: str, only: str | None = None) -> Bench:
         impls["effdet"] = peer
 
     def compare(outs: dict) -> str:
-        import numpy as np
+        from plugins.export.onnx import match_detections
 
         ort = outs["ours"]
         boxes, scores, labels, count = (t.numpy() for t in outs["torch_eager"])
-        assert (ort["num_detections"] == count).all(), "ONNX / eager detection counts differ"
-        worst = 0.0
+        total = 0
         for i in range(batch):
-            n = int(count[i])
-            assert n > 0, "no detections: the comparison would be vacuous"
-            order_o = np.lexsort((ort["labels"][i, :n], -ort["scores"][i, :n]))
-            order_e = np.lexsort((labels[i, :n], -scores[i, :n]))
-            assert (ort["labels"][i, :n][order_o] == labels[i, :n][order_e]).all()
-            worst = max(
-                worst, float(np.abs(ort["boxes"][i, :n][order_o] - boxes[i, :n][order_e]).max())
+            n, m = int(ort["num_detections"][i]), int(count[i])
+            mine = (ort["boxes"][i, :n], ort["scores"][i, :n], ort["labels"][i, :n])
+            total += match_detections(
+                mine, (boxes[i, :m], scores[i, :m], labels[i, :m]), 1e-3 * size
             )
-            worst_s = float(np.abs(ort["scores"][i, :n][order_o] - scores[i, :n][order_e]).max())
-            assert worst < 1e-3 * size and worst_s < 1e-4, (worst, worst_s)
-        text = f"ONNX = eager: {int(count.sum())} detections, max box diff {worst:.1e} px"
-        if "effdet" in outs:  # its own post-processing (5000 pre-NMS, no threshold): top-1
-            top = outs["effdet"][:, 0].numpy()
-            assert np.abs(top[:, :4] - boxes[:, 0]).max() < 1e-3 * size
-            assert (top[:, 5].astype(int) - 1 == labels[:, 0]).all()
-            assert np.abs(top[:, 4] - scores[:, 0]).max() < 1e-4
-            text += "; effdet top-1 equal (tol 1e-4)"
+        assert total > 0, "no detections: the comparison would be vacuous"
+        text = f"ONNX = eager: {total} detections (boxes 1e-3 of the size, scores 1e-4)"
+        if "effdet" in outs:  # its own post-processing (5000 pre-NMS, no threshold): its top-1
+            top = outs["effdet"][:, :1].numpy()
+            for i in range(batch):
+                n = int(count[i])
+                mine = (boxes[i, :n], scores[i, :n], labels[i, :n])
+                match_detections(
+                    (top[i, :, :4], top[i, :, 4], top[i, :, 5].astype(int) - 1),
+                    mine,
+                    1e-3 * size,
+                    subset=True,
+                )
+            text += "; effdet's best detection among ours"
         return text
 
     bench.compare = compare

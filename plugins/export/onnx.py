@@ -33,6 +33,7 @@ __all__ = [
     "PRODUCER",
     "ExportError",
     "OnnxDetector",
+    "match_detections",
     "export_onnx",
     "nchw_copy",
     "stack_versions",
@@ -173,6 +174,46 @@ def _check_runs(path: Path, example: torch.Tensor) -> None:
     except Exception as e:  # onnxruntime raises its own exception types
         first = (str(e).strip().splitlines() or [type(e).__name__])[0]
         raise ExportError(f"onnxruntime cannot run the exported graph: {first}") from e
+
+
+def match_detections(
+    got: tuple[np.ndarray, np.ndarray, np.ndarray],
+    want: tuple[np.ndarray, np.ndarray, np.ndarray],
+    box_atol: float,
+    score_atol: float = 1e-4,
+    subset: bool = False,
+) -> int:
+    """Check that two detection lists of one image hold the same detections.
+
+    Matching is order-free (scores equal to float rounding may come in either order): every
+    detection of ``got`` must have an unmatched partner in ``want`` with the same label, a
+    score within ``score_atol`` and box coordinates within ``box_atol``.
+
+    Args:
+        got: ``(boxes (N, 4), scores (N,), labels (N,))``.
+        want: the same for the reference.
+        box_atol: largest coordinate difference.
+        score_atol: largest score difference. Default 1e-4.
+        subset: only require ``got`` to be found in ``want`` (not the same count).
+
+    Returns:
+        The number of detections matched.
+
+    Raises:
+        AssertionError: the counts differ (unless ``subset``) or a detection has no partner.
+    """
+    gb, gs, gl = (np.asarray(a) for a in got)
+    wb, ws, wl = (np.asarray(a) for a in want)
+    if not subset and len(gs) != len(ws):
+        raise AssertionError(f"{len(gs)} detections against {len(ws)}")
+    free = np.ones(len(ws), dtype=bool)
+    for box, score, label in zip(gb, gs, gl):
+        ok = free & (wl == label) & (np.abs(ws - score) <= score_atol)
+        ok &= np.abs(wb - box).max(axis=1, initial=0.0) <= box_atol
+        if not ok.any():
+            raise AssertionError(f"detection label {label} score {score} box {box} has no match")
+        free[np.flatnonzero(ok)[0]] = False
+    return len(gs)
 
 
 class OnnxDetector:

@@ -81,23 +81,11 @@ def onnx_predict(path: Path, images: np.ndarray, batch: int) -> list[tuple[np.nd
 def assert_same_detections(got, want, size: int) -> int:
     """Same detections per image (order free among equal scores); returns how many."""
     total = 0
-    for i, ((gb, gs, gl), (wb, ws, wl)) in enumerate(zip(got, want)):
-        assert len(gs) == len(ws), f"image {i}: {len(gs)} detections in ONNX, {len(ws)} in torch"
-        unmatched = list(range(len(ws)))
-        for box, score, label in zip(gb, gs, gl):
-            hit = next(
-                (
-                    j
-                    for j in unmatched
-                    if wl[j] == label
-                    and abs(ws[j] - score) <= SCORE_ATOL
-                    and np.abs(wb[j] - box).max() <= BOX_ATOL * size
-                ),
-                None,
-            )
-            assert hit is not None, f"image {i}: ONNX detection {label} {score} {box} not in torch"
-            unmatched.remove(hit)
-        total += len(gs)
+    for i, (g, w) in enumerate(zip(got, want)):
+        try:
+            total += export_io.match_detections(g, w, BOX_ATOL * size, SCORE_ATOL)
+        except AssertionError as e:
+            raise AssertionError(f"image {i}: ONNX vs torch: {e}") from None
     return total
 
 
