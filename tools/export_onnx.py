@@ -48,6 +48,8 @@ __all__ = [
     "config_framework",
     "load_model",
     "main",
+    "model_parser",
+    "run_cli",
 ]
 
 CONFIG_TYPES = {".yaml": "d2", ".yml": "d2", ".py": "mm"}
@@ -276,14 +278,20 @@ def _sha256(path: str) -> str:
     return digest.hexdigest()
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog="export_onnx.py",
-        description="Export a detector (config + checkpoint) to a fixed-size ONNX graph with "
-        "preprocessing, decoding and NMS inside.",
-    )
+def model_parser(prog: str, description: str) -> argparse.ArgumentParser:
+    """An argument parser with the two positional arguments of the tools: config, checkpoint."""
+    parser = argparse.ArgumentParser(prog=prog, description=description)
     parser.add_argument("config", help="Detectron2 .yaml or MMDetection .py config")
     parser.add_argument("checkpoint", help="checkpoint of that config")
+    return parser
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = model_parser(
+        "export_onnx.py",
+        "Export a detector (config + checkpoint) to a fixed-size ONNX graph with "
+        "preprocessing, decoding and NMS inside.",
+    )
     parser.add_argument("--output", "-o", required=True, help="the .onnx file to write")
     parser.add_argument(
         "--size",
@@ -353,15 +361,20 @@ def run(args: argparse.Namespace) -> Path:
     return path
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Command-line entry point; returns the exit status."""
-    args = parse_args(argv)
+def run_cli(prog: str, parse, run_args, argv: list[str] | None) -> int:
+    """Parse ``argv``, run; a :class:`ToolError` becomes one ``<prog>: error:`` line, status 1."""
+    args = parse(argv)
     try:
-        run(args)
+        run_args(args)
     except ToolError as e:
-        print(f"export_onnx.py: error: {e}", file=sys.stderr)
+        print(f"{prog}: error: {e}", file=sys.stderr)
         return 1
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command-line entry point; returns the exit status."""
+    return run_cli("export_onnx.py", parse_args, run, argv)
 
 
 if __name__ == "__main__":

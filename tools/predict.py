@@ -51,7 +51,13 @@ for _path in (str(HERE.parent), str(HERE)):
 import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-from export_onnx import LoadedModel, ToolError, load_model  # noqa: E402
+from export_onnx import (  # noqa: E402
+    LoadedModel,
+    ToolError,
+    load_model,
+    model_parser,
+    run_cli,
+)
 
 __all__ = ["main", "IMAGE_EXTENSIONS", "VIDEO_EXTENSIONS", "MANIFEST"]
 
@@ -341,13 +347,11 @@ def predict_video(predictor, path: Path, out: OutputFolder, names, ids, thr: flo
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog="predict.py",
-        description="Predict with a Detectron2 or MMDetection config + checkpoint; draw the "
-        "detections and write COCO results.",
+    parser = model_parser(
+        "predict.py",
+        "Predict with a Detectron2 or MMDetection config + checkpoint; draw the detections and "
+        "write COCO results.",
     )
-    parser.add_argument("config", help="Detectron2 .yaml or MMDetection .py config")
-    parser.add_argument("checkpoint", help="checkpoint of that config")
     parser.add_argument("input", help="an image, a folder of images or a video")
     parser.add_argument("--output", "-o", default="predictions", help="output folder")
     parser.add_argument(
@@ -384,13 +388,7 @@ def run(args: argparse.Namespace) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     """Command-line entry point; returns the exit status."""
-    args = parse_args(argv)
-    try:
-        run(args)
-    except ToolError as e:
-        print(f"predict.py: error: {e}", file=sys.stderr)
-        return 1
-    return 0
+    return run_cli("predict.py", parse_args, run, argv)
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ from plugins.export.detector import (
     CornerDecoder,
     ExportableDetector,
     Selection,
+    check_input_size,
     corner_head_last_level,
     efficientdet_box_decoder,
 )
@@ -125,13 +126,7 @@ def exportable_detector(
     """
     family = family_of(model)
     model = model.eval().cpu()
-    div = size_divisibility(model)
-    h, w = int(input_size[0]), int(input_size[1])
-    if h <= 0 or w <= 0 or h % div or w % div:
-        raise ValueError(
-            f"size: {h}x{w} is not a positive multiple of {div}, the padding this model "
-            "applies to its inputs (backbone size_divisibility)"
-        )
+    h, w = check_input_size(input_size, size_divisibility(model), "backbone size_divisibility")
     iou, method = _nms_iou(model, family, nms_iou_threshold)
     after = (h, w)  # detector_postprocess at the input's own size: clip, drop empty boxes
     if family == "cornernet":

@@ -52,6 +52,7 @@ __all__ = [
     "CornerDecoder",
     "ExportableDetector",
     "Selection",
+    "check_input_size",
     "corner_head_last_level",
     "efficientdet_box_decoder",
 ]
@@ -79,6 +80,23 @@ def efficientdet_box_decoder(
         return boxes if clip_to is None else clip_boxes(boxes, clip_to)
 
     return decode
+
+
+def check_input_size(size: Sequence[int], divisor: int, where: str) -> tuple[int, int]:
+    """``(H, W)`` as ints, or ``ValueError`` unless both are positive multiples of ``divisor``.
+
+    Args:
+        size: the requested input size.
+        divisor: the padding multiple the model applies to its inputs.
+        where: the framework setting that sets ``divisor`` (for the message).
+    """
+    h, w = int(size[0]), int(size[1])
+    if h <= 0 or w <= 0 or h % divisor or w % divisor:
+        raise ValueError(
+            f"size: {h}x{w} is not a positive multiple of {divisor}, the padding this model "
+            f"applies to its inputs ({where})"
+        )
+    return h, w
 
 
 def clip_boxes(boxes: Tensor, size: Sequence[float]) -> Tensor:

@@ -21,6 +21,7 @@ from plugins.export.detector import (
     CornerDecoder,
     ExportableDetector,
     Selection,
+    check_input_size,
     corner_head_last_level,
     efficientdet_box_decoder,
 )
@@ -135,13 +136,9 @@ def exportable_detector(
     """
     family = family_of(model)
     model = model.eval().cpu()
-    div = size_divisibility(model)
-    h, w = int(input_size[0]), int(input_size[1])
-    if h <= 0 or w <= 0 or h % div or w % div:
-        raise ValueError(
-            f"size: {h}x{w} is not a positive multiple of {div}, the padding this model "
-            "applies to its inputs (data_preprocessor.pad_size_divisor)"
-        )
+    h, w = check_input_size(
+        input_size, size_divisibility(model), "data_preprocessor.pad_size_divisor"
+    )
     head = model.bbox_head
     cfg = _test_cfg(head)
     if family == "cornernet":
