@@ -17,6 +17,8 @@ half-written is left).
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import plugins.d2  # noqa: F401  (first: installs the detectron2._C stand-in when needed)
@@ -271,3 +273,12 @@ def test_is_our_onnx(exported, tmp_path):
     other = tmp_path / "x.onnx"
     other.write_bytes(b"\x08\x07")
     assert not export_tool.is_our_onnx(other)
+
+
+def test_export_package_imports_no_framework():
+    code = (
+        "import sys, plugins.export, plugins.export.onnx; "
+        "loaded = [m for m in ('detectron2', 'mmdet', 'mmcv', 'mmengine') if m in sys.modules]; "
+        "assert not loaded, loaded"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO)
