@@ -162,6 +162,19 @@ def _is_generated_dataset(type_name) -> bool:
     return isinstance(cls, type) and issubclass(cls, PluginsShapesDataset)
 
 
+def _check_generated_root(ds: dict, where: str, config_path: str) -> None:
+    """A generated (Shapes) dataset's ``data_root`` must be new, empty or the generator's own."""
+    from plugins.data.shapes import ShapesRootError, check_shapes_root
+
+    root = ds.get("data_root")
+    if root is None:
+        return
+    try:
+        check_shapes_root(root)
+    except ShapesRootError as exc:
+        raise ConfigProblem(f"config {config_path}: {where}.data_root: {exc}") from exc
+
+
 def check_data(
     cfg, config_path: str, loaders: tuple[str, ...], evaluators: tuple[str, ...]
 ) -> None:
@@ -180,6 +193,7 @@ def check_data(
             continue
         for where, ds in _datasets(dl.get("dataset"), f"{loader}.dataset"):
             if _is_generated_dataset(ds.get("type")):
+                _check_generated_root(ds, where, config_path)
                 continue
             root = ds.get("data_root")
             if root and not osp.isdir(root):
@@ -217,21 +231,26 @@ def check_data(
 
 
 def check_checkpoint(path: str, what: str = "checkpoint") -> None:
-    """The checkpoint must exist and be a loadable PyTorch checkpoint with weights.
+    """The checkpoint must exist and be a checkpoint with weights, read without running code.
+
+    It is read as every load of ours is: ``weights_only=True`` with the allow-list of
+    :mod:`plugins.safe_load` (``import plugins.mm`` registers mmengine's types).
 
     Raises:
-        ConfigProblem: missing file, unreadable/corrupt file, or no tensors in it.
+        ConfigProblem: missing, unreadable or corrupt file, a file needing types outside the
+            allow-list (refused, not unpickled), or no tensors in it.
     """
     import torch
+
+    import plugins.mm.checkpoint  # noqa: F401  (allow-list of mmengine's checkpoint types)
+    from plugins.safe_load import CheckpointError, load_checkpoint_file
 
     if not osp.isfile(path):
         raise ConfigProblem(f"{what} not found: {path}")
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as exc:  # any unpickling / zip / EOF error means a corrupt file
-        raise ConfigProblem(
-            f"{what} {path} is corrupt or not a PyTorch checkpoint ({type(exc).__name__}: {exc})"
-        ) from exc
+        ckpt = load_checkpoint_file(path)
+    except CheckpointError as exc:
+        raise ConfigProblem(f"{what}: {exc}") from exc
     state = ckpt.get("state_dict", ckpt) if isinstance(ckpt, dict) else None
     if not isinstance(state, dict) or not any(torch.is_tensor(v) for v in state.values()):
         raise ConfigProblem(f"{what} {path} holds no model weights (no tensors in its state dict)")
@@ -259,25 +278,6 @@ def setup_distributed_on_cpu(cfg, launcher: str) -> None:
     wrapper.update(cfg.get("model_wrapper_cfg") or {})
     wrapper["device_ids"] = None
     cfg.model_wrapper_cfg = wrapper
-
-
-def trust_local_checkpoints() -> None:
-    """Load local checkpoints with full unpickling, as mmengine did before torch 2.6.
-
-    mmengine 0.10 checkpoints hold training state (message hub, numpy values) that torch's
-    ``weights_only=True`` default (torch >= 2.6) refuses, so ``--resume`` and testing would
-    fail. Only use checkpoints you trust: unpickling can run code.
-    """
-    import torch
-    from mmengine.runner.checkpoint import CheckpointLoader
-
-    def load_local(filename: str, map_location=None):
-        filename = osp.expanduser(filename)
-        if not osp.isfile(filename):
-            raise FileNotFoundError(f"{filename} can not be found.")
-        return torch.load(filename, map_location=map_location, weights_only=False)
-
-    CheckpointLoader.register_scheme(prefixes="", loader=load_local, force=True)
 
 
 def fail(prog: str, message: str) -> None:
@@ -351,7 +351,9 @@ def run_tool(prog: str, args: argparse.Namespace, build_config, action: str) -> 
     from mmengine.registry import RUNNERS
     from mmengine.runner import Runner
 
+    from plugins.convert.match import WrongCheckpointError
     from plugins.guard import DivergenceError
+    from plugins.safe_load import CheckpointError
 
     setup_cache_size_limit_of_dynamo()
     try:
@@ -359,10 +361,11 @@ def run_tool(prog: str, args: argparse.Namespace, build_config, action: str) -> 
     except ConfigProblem as exc:
         fail(prog, str(exc))
     setup_distributed_on_cpu(cfg, args.launcher)
-    trust_local_checkpoints()
     runner = Runner.from_cfg(cfg) if "runner_type" not in cfg else RUNNERS.build(cfg)
     try:
         getattr(runner, action)()
+    except (CheckpointError, WrongCheckpointError) as exc:  # raised before the first iteration
+        fail(prog, str(exc))
     except DivergenceError as exc:  # plugins.mm.hooks.PluginsDivergenceGuardHook
         fail(prog, str(exc))
 

@@ -39,7 +39,9 @@ from detectron2.solver import build_optimizer
 from detectron2.solver.build import get_default_optimizer_params, maybe_add_gradient_clipping
 from torch import nn
 
+from plugins.convert.match import WrongCheckpointError
 from plugins.core.variants import get_variant
+from plugins.safe_load import CheckpointError
 
 from ._compat import HAS_D2_C
 from .data_check import check_dataset_contents, drop_bad_ground_truth
@@ -61,7 +63,9 @@ class CheckpointLoadError(RuntimeError):
 def _load_or_raise(checkpointer: DetectionCheckpointer, path: str, **kwargs) -> dict:
     try:
         return checkpointer.load(path, **kwargs)
-    except Exception as e:  # torch.load / pickle raise many types for a bad file
+    except (CheckpointError, WrongCheckpointError) as e:  # refused, unreadable or another model
+        raise CheckpointLoadError(str(e)) from e
+    except Exception as e:  # anything else the framework raises for a bad file
         # first line only: torch's weights_only advice that follows is wrong for a corrupt file
         reason = (str(e).strip().splitlines() or [""])[0]
         if "Weights only load failed" in reason:

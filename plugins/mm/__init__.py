@@ -13,11 +13,15 @@ Importing this package registers every component (configs do it with
   :mod:`plugins.mm.data_check`).
 * ``TRANSFORMS``: ``PluginsCheckImage``, inference inputs (:mod:`plugins.mm.image_input`).
 * Test-time NMS: ``test_cfg.nms.type="plugins_soft_nms"`` (:mod:`plugins.mm.soft_nms`).
+* Checkpoints: mmengine's readers become weights-only with an allow-list, and weights that do
+  not fit the model are an error (:mod:`plugins.mm.checkpoint`).
 * ``HOOKS``: ``PluginsPublishHook``, the model-zoo file at the end of training
   (:mod:`plugins.mm.publish`); ``PluginsDivergenceGuardHook`` and ``PluginsExactResumeHook``
   (:mod:`plugins.mm.hooks`).
 """
 
+# first: safe (weights-only) checkpoint reading and the fit check for every mmengine load
+from plugins.mm import checkpoint  # noqa: F401  # isort: skip
 from plugins.mm import (  # noqa: F401
     cornernet,
     data_check,
@@ -31,6 +35,7 @@ from plugins.mm import (  # noqa: F401
 )
 
 __all__ = [
+    "checkpoint",
     "cornernet",
     "data_check",
     "datasets",
