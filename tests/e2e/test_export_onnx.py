@@ -70,8 +70,7 @@ def framework_predict(loaded, images: np.ndarray) -> list[tuple[np.ndarray, ...]
     return out
 
 
-def onnx_predict(path: Path, images: np.ndarray, batch: int) -> list[tuple[np.ndarray, ...]]:
-    runner = export_io.OnnxDetector(path, threads=1)
+def onnx_predict(runner, images: np.ndarray, batch: int) -> list[tuple[np.ndarray, ...]]:
     out = []
     for start in range(0, len(images), batch):
         res = runner(images[start : start + batch])
@@ -116,19 +115,19 @@ def exported(request, tmp_path_factory, single_thread):
     assert export_tool.main(argv + ["--batch", str(BATCH)]) == 0
     loaded = export_tool.load_model(config, str(checkpoint))
     (d2_export if framework == "d2" else mm_export).hard_nms_twin(loaded.model)
-    return loaded, output
+    return loaded, output, export_io.OnnxDetector(output, threads=1)
 
 
 def test_onnx_matches_framework_predict(exported, images):
-    loaded, path = exported
-    got = onnx_predict(path, images, BATCH)
+    loaded, _, runner = exported
+    got = onnx_predict(runner, images, BATCH)
     want = framework_predict(loaded, images)
     assert assert_same_detections(got, want, SIZE) >= 10, "too few detections to compare"
 
 
 def test_metadata_states_versions_and_settings(exported):
-    loaded, path = exported
-    meta = export_io.OnnxDetector(path).metadata
+    loaded, path, runner = exported
+    meta = runner.metadata
     assert meta["producer"] == export_io.PRODUCER and meta["opset"] == str(export_io.OPSET)
     assert set(json.loads(meta["versions"])) == {"torch", "onnx", "onnxscript", "onnxruntime"}
     assert json.loads(meta["input_size"]) == [SIZE, SIZE] and meta["batch"] == str(BATCH)
@@ -154,7 +153,8 @@ def test_efficientdet_d0_512_matches(tmp_path, single_thread):
     loaded = export_tool.load_model(config, str(checkpoint))
     d2_export.hard_nms_twin(loaded.model)
     images = val_images(512, 2)
-    got, want = onnx_predict(output, images, 1), framework_predict(loaded, images)
+    runner = export_io.OnnxDetector(output, threads=1)
+    got, want = onnx_predict(runner, images, 1), framework_predict(loaded, images)
     assert assert_same_detections(got, want, 512) >= 10
 
 
@@ -171,8 +171,7 @@ def test_corner_pool_export_path_equals_scan():
 
 
 def test_wrong_input_shape_is_one_clear_line(exported):
-    _, path = exported
-    runner = export_io.OnnxDetector(path)
+    runner = exported[2]
     with pytest.raises(ValueError, match=r"images: the graph takes uint8 \(2, 3, 128, 128\)"):
         runner(np.zeros((1, 3, 100, 100), np.uint8))
 
@@ -268,7 +267,7 @@ def test_failed_export_leaves_nothing(tmp_path, capsys, checkpoints, monkeypatch
 
 
 def test_is_our_onnx(exported, tmp_path):
-    _, path = exported
+    path = exported[1]
     assert export_tool.is_our_onnx(path)
     other = tmp_path / "x.onnx"
     other.write_bytes(b"\x08\x07")
