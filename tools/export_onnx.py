@@ -343,7 +343,9 @@ def run(args: argparse.Namespace) -> Path:
         "checkpoint_sha256": _sha256(loaded.checkpoint),
         "class_names": list(loaded.class_names),
         "model_nms": info["model_nms"],
-        "nms": f"hard NMS per class (ONNX NonMaxSuppression), IoU > {info['nms_iou_threshold']}",
+        "nms": "none (the config runs none)"
+        if info["nms_iou_threshold"] is None
+        else f"hard NMS per class (ONNX NonMaxSuppression), IoU > {info['nms_iou_threshold']}",
     }
     try:
         path = export_onnx(detector, output, batch=args.batch, metadata=metadata)
