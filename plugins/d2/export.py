@@ -209,7 +209,7 @@ def exportable_detector(
         network_channels=channels,
         input_dtype=input_dtype,
     )
-    info = {"family": family, "model_nms": method, "nms_iou_threshold": iou}
+    info = {"family": family, "model_nms": method, "nms_iou_threshold": selection.nms_iou_threshold}
     return detector, info
 
 
