@@ -16,9 +16,8 @@ half-written is left).
 
 from __future__ import annotations
 
+import ast
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import plugins.d2  # noqa: F401  (first: installs the detectron2._C stand-in when needed)
@@ -275,9 +274,15 @@ def test_is_our_onnx(exported, tmp_path):
 
 
 def test_export_package_imports_no_framework():
-    code = (
-        "import sys, plugins.export, plugins.export.onnx; "
-        "loaded = [m for m in ('detectron2', 'mmdet', 'mmcv', 'mmengine') if m in sys.modules]; "
-        "assert not loaded, loaded"
-    )
-    subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO)
+    """plugins.export is framework-free: no Detectron2 / OpenMMLab import anywhere in it, not
+    even inside functions (the adapters live in plugins.d2 / plugins.mm)."""
+    frameworks = {"detectron2", "mmdet", "mmcv", "mmengine"}
+    for path in (REPO / "plugins" / "export").glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                names = [node.module or ""]
+            else:
+                continue
+            assert not {n.split(".")[0] for n in names} & frameworks, (path.name, names)
