@@ -1062,7 +1062,8 @@ def _build_onnx(p: dict, device: str, only: str | None = None) -> Bench:
     bench.compare = compare
     if only is None:
         bench.skipped["onnxruntime GPU / TensorRT"] = (
-            "no GPU device here; the graph runs on any onnxruntime provider"
+            "not measured (no device lent); the same graph runs on onnxruntime's CUDA / "
+            "TensorRT providers"
         )
     return bench
 
