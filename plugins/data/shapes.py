@@ -306,9 +306,9 @@ def check_shapes_root(root: str | os.PathLike) -> None:
             f"root: {root} is not empty and is not a Shapes dataset written by "
             f"plugins.data.shapes (it holds {listed}{' ...' if len(foreign or entries) > 5 else ''}"
             "); nothing was changed. Point the Shapes root / data_root at a new or empty "
-            "folder (or leave it unset for the default cache folder), or use a dataset type "
-            "that reads your own COCO files (Detectron2: register_coco_instances / DATASETS "
-            "config keys; MMDetection: CocoDataset)."
+            "folder (or leave it unset for the default cache folder). To train on your own "
+            "COCO files: Detectron2 tools/train_net.py --coco-dataset NAME JSON IMAGE_DIR (or "
+            "DATASETS.COCO_JSON); MMDetection configs/mmdet/own_data/efficientdet_d0_coco.py."
         )
 
 

@@ -71,7 +71,10 @@ def _run(argv: list[str], log: Path, kill_at: int | None = None) -> int:
 def _tensors(ckpt: dict) -> dict[str, torch.Tensor]:
     out = {f"model.{k}": v for k, v in ckpt["model"].items()}
     out.update({f"ema.{k}": v for k, v in ckpt["ema"]["state"].items()})
-    for index, state in ckpt["optimizer"]["state"].items():
+    # Detectron2 0.6: top-level "optimizer" (added by plugins.d2.resume); later versions keep
+    # it in the trainer's own state
+    optimizer = ckpt.get("optimizer") or ckpt["trainer"]["_trainer"]["optimizer"]
+    for index, state in optimizer["state"].items():
         out.update({f"optimizer.{index}.{k}": v for k, v in state.items() if torch.is_tensor(v)})
     return out
 

@@ -160,18 +160,24 @@ def test_detectron2_eval_only_and_predictor_refuse_payload(payloads, d2_models):
         DefaultPredictor(cfg)
 
 
-def test_detectron2_resume_refuses_payload(payloads, tmp_path, capsys):
-    """train_net.py --resume reads OUTPUT_DIR/last_checkpoint: one line, exit status 1."""
-    sys.path.insert(0, str(REPO / "tools"))
-    import train_net
+def test_detectron2_resume_refuses_payload(payloads, tmp_path):
+    """train_net.py --resume reads OUTPUT_DIR/last_checkpoint: one line, exit status 1.
 
-    (tmp_path / "last_checkpoint").write_text(str(payloads["d2"]))
-    status = train_net.run(
-        ["--config-file", str(D2_DEMO), "--resume", "OUTPUT_DIR", str(tmp_path)]
-        + ["SOLVER.MAX_ITER", "1", "MODEL.EFFICIENTDET.VARIANT", "efficientdet_test"]
-    )
-    assert status == 1
-    assert "train_net.py: error: bad checkpoint: refused to load" in capsys.readouterr().err
+    ``run()`` goes in a forked child: Detectron2's loggers it sets up stay out of pytest's.
+    """
+    from tests.d2.test_guard_resume import _forked
+    from tests.mm.test_tools import _load_tool
+
+    train_net = _load_tool("train_net")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "last_checkpoint").write_text(str(payloads["d2"]))
+    argv = ["--config-file", str(D2_DEMO), "--resume", "OUTPUT_DIR", str(out)]
+    argv += ["SOLVER.MAX_ITER", "1", "MODEL.EFFICIENTDET.VARIANT", "efficientdet_test"]
+    status = _forked(lambda: train_net.run(argv), tmp_path / "log")
+    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 1
+    log = (tmp_path / "log").read_text()
+    assert "train_net.py: error: bad checkpoint: refused to load" in log
 
 
 def test_detectron2_wrong_model_is_an_error(d2_models, tmp_path):
@@ -295,15 +301,26 @@ def test_mm_wrong_model_is_an_error(mm_models, tmp_path):
         init_detector(str(MM_DEMO), str(path), device="cpu")
 
 
-def test_mm_test_tool_stops_on_wrong_model(mm_models, tmp_path, capsys):
+def test_mm_test_tool_stops_on_wrong_model(mm_models, tmp_path):
+    """mm_test.py (in a forked child: mmengine's runner loggers stay out of pytest's)."""
+    from tests.d2.test_guard_resume import _forked
+
     path = tmp_path / "cornernet.pth"
     torch.save({"state_dict": mm_models[1].state_dict()}, path)
     mm_test = _mm_tool("mm_test")
-    with pytest.raises(SystemExit) as stop:
-        mm_test.main([str(MM_DEMO), str(path), "--work-dir", str(tmp_path / "work")])
-    assert stop.value.code == 2
-    err = capsys.readouterr().err
-    assert "mm_test: error:" in err and "does not fit the model" in err
+    argv = [str(MM_DEMO), str(path), "--work-dir", str(tmp_path / "work")]
+
+    def main() -> int:
+        try:
+            mm_test.main(argv)
+        except SystemExit as stop:
+            return int(stop.code or 0)
+        return 0
+
+    status = _forked(main, tmp_path / "log")
+    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 2
+    log = (tmp_path / "log").read_text()
+    assert "mm_test: error:" in log and "does not fit the model" in log
 
 
 def test_d2_file_in_mm_names_the_converter(d2_models, mm_models, tmp_path):
