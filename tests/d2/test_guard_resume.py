@@ -10,8 +10,6 @@ from __future__ import annotations
 import os
 import re
 import signal
-import sys
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -26,25 +24,10 @@ from detectron2.engine import HookBase
 from plugins.d2.resume import ResumableTrainLoader
 from plugins.safe_load import load_checkpoint_file
 from tests.d2.test_train_net import DEMO, TINY
+from tests.forked import exit_code, run_forked
 from tests.mm.test_tools import _load_tool
 
 RUN = [*TINY, "SOLVER.CHECKPOINT_PERIOD", "2", "DATASETS.TEST", "()", "SOLVER.MAX_ITER", "6"]
-
-
-def _forked(fn: Callable[[], int], log: Path) -> int:
-    """Run ``fn`` in a forked child (stdout / stderr to ``log``); the child's wait status."""
-    pid = os.fork()
-    if pid == 0:  # the child: never returns into pytest
-        code = 3
-        try:
-            fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
-            os.dup2(fd, 1)
-            os.dup2(fd, 2)
-            sys.stdout = sys.stderr = open(fd, "w", buffering=1, closefd=False)  # noqa: SIM115
-            code = fn()
-        finally:
-            os._exit(code)
-    return os.waitpid(pid, 0)[1]
 
 
 def _run(argv: list[str], log: Path, kill_at: int | None = None) -> int:
@@ -64,8 +47,7 @@ def _run(argv: list[str], log: Path, kill_at: int | None = None) -> int:
             tool.Trainer.build_hooks = lambda self: [*build_hooks(self), Kill()]
         return tool.run(argv)
 
-    status = _forked(main, log)
-    return -os.WTERMSIG(status) if os.WIFSIGNALED(status) else os.WEXITSTATUS(status)
+    return exit_code(run_forked(main, log))
 
 
 def _tensors(ckpt: dict) -> dict[str, torch.Tensor]:

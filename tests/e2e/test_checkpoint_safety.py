@@ -165,7 +165,7 @@ def test_detectron2_resume_refuses_payload(payloads, tmp_path):
 
     ``run()`` goes in a forked child: Detectron2's loggers it sets up stay out of pytest's.
     """
-    from tests.d2.test_guard_resume import _forked
+    from tests.forked import run_forked
     from tests.mm.test_tools import _load_tool
 
     train_net = _load_tool("train_net")
@@ -174,7 +174,7 @@ def test_detectron2_resume_refuses_payload(payloads, tmp_path):
     (out / "last_checkpoint").write_text(str(payloads["d2"]))
     argv = ["--config-file", str(D2_DEMO), "--resume", "OUTPUT_DIR", str(out)]
     argv += ["SOLVER.MAX_ITER", "1", "MODEL.EFFICIENTDET.VARIANT", "efficientdet_test"]
-    status = _forked(lambda: train_net.run(argv), tmp_path / "log")
+    status = run_forked(lambda: train_net.run(argv), tmp_path / "log")
     assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 1
     log = (tmp_path / "log").read_text()
     assert "train_net.py: error: bad checkpoint: refused to load" in log
@@ -303,21 +303,14 @@ def test_mm_wrong_model_is_an_error(mm_models, tmp_path):
 
 def test_mm_test_tool_stops_on_wrong_model(mm_models, tmp_path):
     """mm_test.py (in a forked child: mmengine's runner loggers stay out of pytest's)."""
-    from tests.d2.test_guard_resume import _forked
+    from tests.forked import run_forked
 
     path = tmp_path / "cornernet.pth"
     torch.save({"state_dict": mm_models[1].state_dict()}, path)
     mm_test = _mm_tool("mm_test")
     argv = [str(MM_DEMO), str(path), "--work-dir", str(tmp_path / "work")]
 
-    def main() -> int:
-        try:
-            mm_test.main(argv)
-        except SystemExit as stop:
-            return int(stop.code or 0)
-        return 0
-
-    status = _forked(main, tmp_path / "log")
+    status = run_forked(lambda: mm_test.main(argv), tmp_path / "log")
     assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 2
     log = (tmp_path / "log").read_text()
     assert "mm_test: error:" in log and "does not fit the model" in log

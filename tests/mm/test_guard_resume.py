@@ -18,6 +18,7 @@ from mmdet.registry import HOOKS
 from mmengine.hooks import Hook
 
 from plugins.safe_load import load_checkpoint_file
+from tests.forked import run_forked
 from tests.mm.test_tools import _load_tool
 
 REPO = Path(__file__).resolve().parents[2]
@@ -71,23 +72,21 @@ def _train(config: Path, work: Path, *extra: str) -> None:
 
 def _train_killed(config: Path, work: Path, kill_at: int) -> int:
     """Train in a forked child that kills itself after ``kill_at``; its wait status."""
-    pid = os.fork()
-    if pid == 0:  # the child: never returns into pytest
-        try:
-            tool = _load_tool("mm_train")
-            build = tool.build_train_config
 
-            def build_train_config(args):
-                cfg = build(args)
-                hook = dict(type="_GuardTestKillAfterIteration", kill_at=kill_at)
-                cfg.custom_hooks = [*cfg.custom_hooks, hook]
-                return cfg
+    def main() -> None:
+        tool = _load_tool("mm_train")
+        build = tool.build_train_config
 
-            tool.build_train_config = build_train_config
-            tool.main([str(config), "--work-dir", str(work)])
-        finally:
-            os._exit(3)
-    return os.waitpid(pid, 0)[1]
+        def build_train_config(args):
+            cfg = build(args)
+            hook = dict(type="_GuardTestKillAfterIteration", kill_at=kill_at)
+            cfg.custom_hooks = [*cfg.custom_hooks, hook]
+            return cfg
+
+        tool.build_train_config = build_train_config
+        tool.main([str(config), "--work-dir", str(work)])
+
+    return run_forked(main, work.parent / f"{work.name}.log")
 
 
 def _error_lines(stderr: str) -> list[str]:

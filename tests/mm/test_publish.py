@@ -16,6 +16,7 @@ import plugins.mm  # noqa: F401  (registrations, safe checkpoint loading)
 from plugins.data.shapes import SHAPES_CLASSES, ensure_shapes_dataset
 from plugins.publish import check_published_name
 from plugins.safe_load import load_checkpoint_file
+from tests.forked import exit_code, run_forked
 from tests.zoo_checks import assert_plain, import_tool
 
 REPO = Path(__file__).resolve().parents[2]
@@ -71,13 +72,18 @@ def _test_metrics(monkeypatch, argv: list[str]) -> dict:
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    """tools/mm_train.py (in this process) with EMA; the hook publishes at the end."""
+    """tools/mm_train.py with EMA; the hook publishes at the end. A visualizer of its own: under
+    mmdet's shared name ``visualizer`` the runner would reuse the global instance an earlier
+    test made and log its scalars into that test's folder (mmengine keeps one per name)."""
     root = tmp_path_factory.mktemp("mm_publish")
     config = root / "tiny_shapes.py"
     config.write_text(TINY_CONFIG)
     work = root / "work"
     torch.manual_seed(0)
-    import_tool("mm_train").main([str(config), "--work-dir", str(work)])
+    tool = import_tool("mm_train")
+    argv = [str(config), "--work-dir", str(work), "--cfg-options", f"visualizer.name={root.name}"]
+    status = run_forked(lambda: tool.main(argv), root / "log")
+    assert exit_code(status) == 0, (root / "log").read_text()[-3000:]
     published = sorted(work.glob("tiny_shapes-*.pth"))
     assert len(published) == 1, sorted(os.listdir(work))
     return config, work, published[0]
