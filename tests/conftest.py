@@ -2,8 +2,16 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
+
+# The whole suite runs torch on one intra-op thread, and so do the tools it starts (they
+# inherit OMP_NUM_THREADS): the tensors are tiny, and on a 2-core machine shared with other
+# jobs torch's default two threads made tests 10-30x slower (a 14 s test module took 107 s).
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="module")
