@@ -11,15 +11,29 @@ The command line of Detectron2's ``tools/lazyconfig_train_net.py`` (the registry
         train.init_checkpoint=output/model_final-1a2b3c4d.pth
     python tools/lazyconfig_train_net.py --config-file ... train.max_iter=100 train.device=cpu
 
+Your own COCO-format data (``--coco-dataset NAME JSON IMAGE_ROOT``, repeatable, as in
+``tools/train_net.py``), then named in the dataset overrides::
+
+    python tools/lazyconfig_train_net.py --config-file configs/lazy/demo/efficientdet_shapes.py \
+        --coco-dataset my_train data/my/train.json data/my/train \
+        --coco-dataset my_val data/my/val.json data/my/val \
+        dataloader.train.dataset.names=my_train dataloader.test.dataset.names=my_val \
+        model.network.num_classes=3
+
 Overrides are ``key=value`` (Hydra syntax). What the config holds: ``model``, ``dataloader``
 (``train``, ``test``, ``evaluator``), ``optimizer``, ``lr_multiplier`` and ``train``
 (``configs/lazy/common/train.py``). On top of Detectron2's script, as ``tools/train_net.py``
-does for YAML configs: ``train.ema`` keeps an exponential moving average of the weights,
-checkpointed under ``"ema"`` and used for every evaluation (and by ``--eval-only``);
-``train.publish`` writes the model-zoo file ``<output_dir>/<name>-<sha256[:8]>.pth`` at the end
-of training (:mod:`plugins.d2.publish`); ``train.seed``; ``--num-gpus N`` on the CPU with gloo
-(:mod:`plugins.d2.launch`). A bad config, key, dataset or checkpoint stops the run with exit
-status 1 and one line ``lazyconfig_train_net.py: error: ...``.
+does for YAML configs: the datasets' contents are checked before training
+(:mod:`plugins.d2.data_check`: missing images, no valid box, the model's class count against
+the categories; NaN / degenerate boxes are dropped from the loaders and the evaluator's ground
+truth); ``train.divergence_guard`` (``SOLVER.DIVERGENCE_GUARD``, :mod:`plugins.d2.guard`) stops
+a diverging run and refuses checkpoints with non-finite or exploded weights; ``train.ema`` keeps
+an exponential moving average of the weights, checkpointed under ``"ema"`` and used for every
+evaluation (and by ``--eval-only``); ``train.publish`` writes the model-zoo file
+``<output_dir>/<name>-<sha256[:8]>.pth`` at the end of training (:mod:`plugins.d2.publish`);
+``train.seed``; ``--num-gpus N`` on the CPU with gloo (:mod:`plugins.d2.launch`). A bad
+config, key, dataset or checkpoint, or a diverging loss, stops the run with exit status 1 and
+one line ``lazyconfig_train_net.py: error: ...``.
 """
 
 from __future__ import annotations
@@ -35,7 +49,7 @@ import plugins.d2  # noqa: E402, F401  (first: stands in for a missing detectron
 # isort: split
 import torch  # noqa: E402
 from detectron2.checkpoint import DetectionCheckpointer  # noqa: E402
-from detectron2.config import CfgNode, instantiate  # noqa: E402
+from detectron2.config import CfgNode, get_cfg, instantiate  # noqa: E402
 from detectron2.engine import (  # noqa: E402
     AMPTrainer,
     SimpleTrainer,
@@ -47,14 +61,28 @@ from detectron2.engine import (  # noqa: E402
 from detectron2.engine.defaults import create_ddp_model  # noqa: E402
 from detectron2.evaluation import inference_on_dataset, print_csv_format  # noqa: E402
 from detectron2.utils import comm  # noqa: E402
+from omegaconf import DictConfig  # noqa: E402
 from torch import nn  # noqa: E402
 
-from plugins.d2.datasets import DatasetMissingError, check_datasets  # noqa: E402
+from plugins.d2 import add_plugins_config  # noqa: E402
+from plugins.d2.data_check import (  # noqa: E402
+    check_named_datasets,
+    drop_bad_ground_truth,
+    lazy_num_classes,
+)
+from plugins.d2.datasets import (  # noqa: E402
+    DatasetMissingError,
+    check_datasets,
+    register_coco_json_datasets,
+)
 from plugins.d2.ema import EMAHook, ModelEMA, unwrap_model  # noqa: E402
 from plugins.d2.engine import CheckpointLoadError, load_checkpoint  # noqa: E402
+from plugins.d2.guard import divergence_as_error, install_divergence_guard  # noqa: E402
 from plugins.d2.launch import cpu_launch_problem, launch  # noqa: E402
 from plugins.d2.lazy import LazyConfigError, lazy_config_text, load_lazy_config  # noqa: E402
 from plugins.d2.publish import publish_state  # noqa: E402
+from plugins.data.check import DatasetCheckError  # noqa: E402
+from plugins.guard import DivergenceError, LossMonitor  # noqa: E402
 
 logger = logging.getLogger("plugins.lazyconfig_train_net")
 
@@ -62,8 +90,28 @@ logger = logging.getLogger("plugins.lazyconfig_train_net")
 _PROBLEMS = (
     (LazyConfigError, "invalid config"),
     (DatasetMissingError, "missing dataset"),
+    (DatasetCheckError, "bad dataset"),
     (CheckpointLoadError, "bad checkpoint"),
+    (DivergenceError, ""),  # its message starts with "training diverged"
 )
+
+#: The key of ``--coco-dataset`` datasets (error messages, their metadata's ``registered_by``).
+COCO_DATASET_KEY = "--coco-dataset"
+
+
+def load_config(args) -> DictConfig:
+    """Register the ``--coco-dataset`` datasets, then load the config with its overrides.
+
+    Every process calls it, so the datasets are registered wherever the loaders are built.
+
+    Raises:
+        LazyConfigError: a bad file, override or ``--coco-dataset`` entry.
+    """
+    try:
+        register_coco_json_datasets(args.coco_dataset or (), key=COCO_DATASET_KEY)
+    except ValueError as e:
+        raise LazyConfigError(str(e)) from e
+    return load_lazy_config(args.config_file, args.opts)
 
 
 def _names(dataset_node) -> list[str]:
@@ -74,6 +122,48 @@ def _names(dataset_node) -> list[str]:
 def dataset_names(cfg) -> tuple[list[str], list[str]]:
     """``(train, test)`` dataset names of ``dataloader.train`` / ``dataloader.test``."""
     return _names(cfg.dataloader.train.dataset), _names(cfg.dataloader.test.dataset)
+
+
+def check_dataset_contents(cfg, eval_only: bool = False) -> None:
+    """:func:`plugins.d2.data_check.check_named_datasets` on the datasets of ``dataloader``
+    (only the test ones for ``eval_only``), against the model's class count
+    (:func:`plugins.d2.data_check.lazy_num_classes`). Afterwards this process's loaders drop
+    the bad boxes it reports.
+
+    Raises:
+        DatasetCheckError: a problem, in one line naming the dataset, file or key.
+    """
+    train_names, test_names = dataset_names(cfg)
+    num_classes, key = lazy_num_classes(cfg)
+    check_named_datasets([] if eval_only else train_names, test_names, num_classes, key)
+
+
+def _guard_options(cfg) -> CfgNode:
+    """``train.divergence_guard`` as the YAML node ``SOLVER.DIVERGENCE_GUARD`` (whose
+    defaults fill the options a config leaves out).
+
+    Raises:
+        LazyConfigError: an unknown option or a bad value.
+    """
+    defaults = get_cfg()
+    add_plugins_config(defaults)
+    node = defaults.SOLVER.DIVERGENCE_GUARD
+    for key, value in dict(cfg.train.get("divergence_guard") or {}).items():
+        name, where = str(key).upper(), f"train.divergence_guard.{key}"
+        if name not in node:
+            options = ", ".join(k.lower() for k in node)
+            raise LazyConfigError(f"{where}: unknown option (options: {options})")
+        kind = type(node[name])
+        if kind is float and type(value) is int:
+            value = float(value)
+        if type(value) is not kind:
+            raise LazyConfigError(f"{where}: expected a {kind.__name__}, got {value!r}")
+        node[name] = value
+    try:
+        LossMonitor(node.FACTOR, node.WARMUP, node.WINDOW)
+    except ValueError as e:  # "factor: expected a number >= 0, got -1"
+        raise LazyConfigError(f"train.divergence_guard.{e}") from e
+    return node
 
 
 def _ema_options(cfg) -> dict:
@@ -106,11 +196,16 @@ def build_model(cfg) -> nn.Module:
 
 
 def do_test(cfg, model: nn.Module) -> dict:
-    """Evaluate ``model`` with ``dataloader.test`` and ``dataloader.evaluator``."""
-    if "evaluator" not in cfg.dataloader:
+    """Evaluate ``model`` with ``dataloader.test`` and ``dataloader.evaluator`` (nothing
+    without an evaluator or test datasets)."""
+    if "evaluator" not in cfg.dataloader or not dataset_names(cfg)[1]:
         return {}
     loader = instantiate(cfg.dataloader.test)  # first: prepares the dataset's metadata
-    results = inference_on_dataset(model, loader, instantiate(cfg.dataloader.evaluator))
+    evaluator = instantiate(cfg.dataloader.evaluator)
+    name = cfg.dataloader.evaluator.get("dataset_name")
+    if isinstance(name, str):  # the boxes the dataset check dropped leave its ground truth too
+        drop_bad_ground_truth(evaluator, name)
+    results = inference_on_dataset(model, loader, evaluator)
     if comm.is_main_process():
         print_csv_format(results)
     return results
@@ -149,8 +244,11 @@ def do_train(args, cfg) -> dict:
     if ema is not None:
         checkpointer.add_checkpointable("ema", ema)
     results: dict = {}
+    guard = None
 
     def evaluate() -> dict:
+        if guard is not None and guard.stopped:
+            return {}  # training failed: Detectron2 still calls this in after_train
         if ema is None:
             out = do_test(cfg, model)
         else:
@@ -161,8 +259,9 @@ def do_train(args, cfg) -> dict:
         return out
 
     main = comm.is_main_process()
-    trainer.register_hooks(
-        [
+    hook_list = [
+        hook
+        for hook in (
             hooks.IterationTimer(),
             EMAHook(ema, model) if ema is not None else None,  # before checkpoint and eval
             hooks.LRScheduler(scheduler=instantiate(cfg.lr_multiplier)),
@@ -174,13 +273,18 @@ def do_train(args, cfg) -> dict:
             )
             if main
             else None,
-        ]
-    )
+        )
+        if hook is not None
+    ]
+    # after the LR scheduler, before the checkpointer, which it keeps from writing bad weights
+    guard = install_divergence_guard(trainer, hook_list, _guard_options(cfg), checkpointer)
+    trainer.register_hooks(hook_list)
     resumed = _load_for_training(checkpointer, cfg.train.init_checkpoint, args.resume)
     if ema is not None and not resumed:  # start the average from the (loaded) weights
         ema.state = ModelEMA(model, ema.decay, ema.warmup).state
         ema.num_updates = 0
-    trainer.train(trainer.iter + 1 if resumed else 0, cfg.train.max_iter)
+    with divergence_as_error(trainer, guard):  # Detectron2's "Loss became infinite or NaN"
+        trainer.train(trainer.iter + 1 if resumed else 0, cfg.train.max_iter)
 
     publish = dict(cfg.train.get("publish") or {})
     # after a complete run Detectron2 leaves trainer.iter at max_iter
@@ -202,8 +306,9 @@ def do_train(args, cfg) -> dict:
 
 def main(args) -> dict:
     """One process of the run (called by ``launch``)."""
-    cfg = load_lazy_config(args.config_file, args.opts)
+    cfg = load_config(args)
     default_setup(cfg, args)
+    check_dataset_contents(cfg, args.eval_only)  # in this process too: its loaders drop bad boxes
     if args.eval_only:
         model = _ddp(build_model(cfg), cfg)
         load_checkpoint(_yacs_view(cfg), model, cfg.train.init_checkpoint)
@@ -212,16 +317,19 @@ def main(args) -> dict:
 
 
 def check_config(cfg, args) -> None:
-    """Problems found before any process starts: datasets, checkpoint, AMP, CPU launch.
+    """Problems found before any process starts: datasets and their contents, checkpoint,
+    AMP, divergence guard options, CPU launch.
 
     Raises:
-        LazyConfigError, DatasetMissingError, CheckpointLoadError: with one-line messages.
+        LazyConfigError, DatasetMissingError, DatasetCheckError, CheckpointLoadError: with
+            one-line messages.
     """
     for key in ("dataloader", "optimizer", "lr_multiplier"):
         if key not in cfg and not (key != "dataloader" and args.eval_only):
             raise LazyConfigError(f"{args.config_file}: no `{key}` in the config")
     train_names, test_names = dataset_names(cfg)
     check_datasets(test_names if args.eval_only else train_names + test_names)
+    check_dataset_contents(cfg, args.eval_only)
     if args.eval_only and not cfg.train.init_checkpoint:
         raise CheckpointLoadError("--eval-only needs train.init_checkpoint=<checkpoint>")
     if cfg.train.amp.enabled and not torch.cuda.is_available():
@@ -229,6 +337,7 @@ def check_config(cfg, args) -> None:
             "train.amp.enabled: mixed precision (AMPTrainer) needs CUDA; "
             "set train.amp.enabled=False to train on the CPU"
         )
+    _guard_options(cfg)
     problem = cpu_launch_problem(args.num_gpus, str(cfg.train.device))
     if problem:
         raise LazyConfigError(problem.replace("MODEL.DEVICE", "train.device"))
@@ -236,9 +345,19 @@ def check_config(cfg, args) -> None:
 
 def run(argv: list[str] | None = None) -> int:
     """Parse ``argv``, check the config, then launch ``main`` on every process."""
-    args = default_argument_parser().parse_args(argv)
+    parser = default_argument_parser()
+    parser.add_argument(
+        COCO_DATASET_KEY,
+        nargs=3,
+        action="append",
+        metavar=("NAME", "JSON", "IMAGE_ROOT"),
+        help="register your COCO-format dataset NAME (annotations JSON, images under "
+        "IMAGE_ROOT), then use it with dataloader.train.dataset.names=NAME / "
+        "dataloader.test.dataset.names=NAME; repeatable",
+    )
+    args = parser.parse_args(argv)
     try:
-        cfg = load_lazy_config(args.config_file, args.opts)
+        cfg = load_config(args)
         check_config(cfg, args)
         launch(
             main,
@@ -251,7 +370,9 @@ def run(argv: list[str] | None = None) -> int:
     except tuple(cls for cls, _ in _PROBLEMS) as e:
         kind = next(name for cls, name in _PROBLEMS if isinstance(e, cls))
         if comm.is_main_process():
-            print(f"lazyconfig_train_net.py: error: {kind}: {e}", file=sys.stderr)
+            print(
+                f"lazyconfig_train_net.py: error: {kind + ': ' if kind else ''}{e}", file=sys.stderr
+            )
         return 1
     return 0
 

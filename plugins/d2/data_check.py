@@ -9,7 +9,8 @@ makes the catalog entry drop those boxes from what Detectron2 loads (training, t
 ``convert_to_coco_json``). :func:`drop_bad_ground_truth` does the same for the ground truth
 that ``COCOEvaluator`` reads from the json. ``tools/train_net.py`` and
 :class:`plugins.d2.engine.Trainer` call them; tools without ``cfg.DATASETS`` (LazyConfig)
-can call :func:`check_named_datasets` with the dataset names.
+call :func:`check_named_datasets` with the dataset names and the class count found by
+:func:`lazy_num_classes`.
 """
 
 from __future__ import annotations
@@ -39,12 +40,21 @@ __all__ = [
     "check_named_datasets",
     "drop_bad_boxes",
     "drop_bad_ground_truth",
+    "lazy_num_classes",
 ]
 
 logger = logging.getLogger(__name__)
 
 #: Meta-architectures whose class count lives in :func:`plugins.d2.datasets.num_classes_key`.
 _KNOWN_ARCHS = ("EfficientDet", "RetinaNetPlus", "RetinaNet", "CornerNet", "GeneralizedRCNN")
+
+#: Where a LazyConfig keeps the model's class count, first found wins: RetinaNet, CornerNet
+#: (``configs/lazy/``), EfficientDet's core network, Detectron2's own R-CNN LazyConfigs.
+LAZY_NUM_CLASSES_KEYS = (
+    "model.num_classes",
+    "model.network.num_classes",
+    "model.roi_heads.num_classes",
+)
 
 _REPORTS: dict[str, DatasetReport] = {}  # dataset name -> latest report
 _LOGGED: set[tuple[str, str]] = set()  # (name, summary) already logged
@@ -56,6 +66,19 @@ def _cfg_value(cfg, key: str):
     for part in key.split("."):
         node = node[part]
     return node
+
+
+def lazy_num_classes(cfg) -> tuple[int | None, str]:
+    """A LazyConfig's class count and its key (the first of :data:`LAZY_NUM_CLASSES_KEYS`
+    holding an int), or ``(None, "")`` when the model has none of them (no class check)."""
+    for key in LAZY_NUM_CLASSES_KEYS:
+        try:
+            value = _cfg_value(cfg, key)
+        except (KeyError, AttributeError, TypeError):  # omegaconf raises KeyError subclasses
+            continue
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value, key
+    return None, ""
 
 
 def check_dataset_contents(cfg) -> dict[str, DatasetReport]:

@@ -8,7 +8,9 @@ checkpointer refuses to write a checkpoint holding a non-finite tensor or a weig
 failed (Detectron2 saves ``model_final`` in ``after_train`` even when the last iteration
 raised). Detectron2's own ``FloatingPointError`` for a non-finite loss becomes the same
 :class:`~plugins.guard.DivergenceError` (:func:`divergence_as_error`), and the traceback that
-Detectron2 logs for it is left out, so ``tools/train_net.py`` ends with one line.
+Detectron2 logs for it is left out, so ``tools/train_net.py`` (a ``DefaultTrainer``) and
+``tools/lazyconfig_train_net.py`` (a ``SimpleTrainer``: options and checkpointer given to
+:func:`install_divergence_guard`) end with one line.
 """
 
 from __future__ import annotations
@@ -19,7 +21,8 @@ import re
 from collections.abc import Iterator
 
 import torch.distributed as dist
-from detectron2.engine import DefaultTrainer, HookBase, hooks
+from detectron2.config import CfgNode
+from detectron2.engine import HookBase, TrainerBase, hooks
 from detectron2.utils import comm
 
 from plugins.guard import DivergenceError, LossMonitor, find_bad_tensor, format_lr
@@ -68,6 +71,8 @@ class DivergenceGuardHook(HookBase):
         self.max_weight = float(max_weight)
         #: set once training failed: no checkpoint is written after that
         self.stopped = False
+        #: the checkpointer it protects (set by :func:`protect_checkpointer`)
+        self.checkpointer = None
 
     def _lr(self) -> float | None:
         latest = self.trainer.storage.latest().get("lr")
@@ -77,8 +82,11 @@ class DivergenceGuardHook(HookBase):
         return float(groups[0]["lr"]) if groups else None
 
     def last_checkpoint_note(self) -> str:
-        """``"; last checkpoint: PATH"`` or ``"; no checkpoint was written"``."""
-        checkpointer = self.trainer.checkpointer
+        """``"; last checkpoint: PATH"``, ``"; no checkpoint was written"`` or ``""`` (no
+        checkpointer)."""
+        checkpointer = self.checkpointer
+        if checkpointer is None:
+            return ""
         if checkpointer.has_checkpoint():
             return f"; last checkpoint: {checkpointer.get_checkpoint_file()}"
         return "; no checkpoint was written"
@@ -134,6 +142,7 @@ def protect_checkpointer(checkpointer, guard: DivergenceGuardHook) -> None:
     """Route ``checkpointer.save`` through the guard: nothing is written once training has
     failed, and a checkpoint with bad tensors raises instead of being written."""
     save = checkpointer.save
+    guard.checkpointer = checkpointer
 
     def guarded_save(name: str, **kwargs) -> None:
         if guard.stopped:
@@ -146,22 +155,33 @@ def protect_checkpointer(checkpointer, guard: DivergenceGuardHook) -> None:
 
 
 def install_divergence_guard(
-    trainer: DefaultTrainer, hook_list: list[HookBase]
+    trainer: TrainerBase,
+    hook_list: list[HookBase],
+    options: CfgNode | None = None,
+    checkpointer=None,
 ) -> DivergenceGuardHook | None:
     """Insert the guard of ``cfg.SOLVER.DIVERGENCE_GUARD`` into ``hook_list`` (before the
     periodic checkpointer, after the LR scheduler) and protect ``trainer.checkpointer``.
 
+    Args:
+        trainer: the trainer whose ``hook_list`` this is.
+        hook_list: its hooks, changed in place.
+        options: the ``SOLVER.DIVERGENCE_GUARD`` node (``ENABLED``, ``FACTOR``, ``WARMUP``,
+            ``WINDOW``, ``MAX_WEIGHT``). Default ``trainer.cfg.SOLVER.DIVERGENCE_GUARD``
+            (a ``DefaultTrainer``).
+        checkpointer: the checkpointer to protect. Default ``trainer.checkpointer``.
+
     Returns:
         The hook, or ``None`` when ``ENABLED`` is off.
     """
-    node = trainer.cfg.SOLVER.DIVERGENCE_GUARD
+    node = trainer.cfg.SOLVER.DIVERGENCE_GUARD if options is None else options
     if not node.ENABLED:
         return None
     guard = DivergenceGuardHook(LossMonitor(node.FACTOR, node.WARMUP, node.WINDOW), node.MAX_WEIGHT)
     before = (hooks.PeriodicCheckpointer, hooks.EvalHook, hooks.PeriodicWriter)
     at = next((i for i, h in enumerate(hook_list) if isinstance(h, before)), len(hook_list))
     hook_list.insert(at, guard)
-    protect_checkpointer(trainer.checkpointer, guard)
+    protect_checkpointer(trainer.checkpointer if checkpointer is None else checkpointer, guard)
     train_loop_logger = logging.getLogger("detectron2.engine.train_loop")
     if _TRACEBACK_FILTER not in train_loop_logger.filters:
         train_loop_logger.addFilter(_TRACEBACK_FILTER)
@@ -169,9 +189,12 @@ def install_divergence_guard(
 
 
 @contextlib.contextmanager
-def divergence_as_error(trainer: DefaultTrainer) -> Iterator[None]:
+def divergence_as_error(
+    trainer: TrainerBase, guard: DivergenceGuardHook | None = None
+) -> Iterator[None]:
     """Turn Detectron2's ``FloatingPointError`` ("Loss became infinite or NaN") raised inside
-    the block into a :class:`DivergenceError` with the iteration and learning rate."""
+    the block into a :class:`DivergenceError` with the iteration and learning rate (and the
+    last checkpoint of ``guard``, default ``trainer.guard``)."""
     try:
         yield
     except FloatingPointError as exc:
@@ -180,7 +203,8 @@ def divergence_as_error(trainer: DefaultTrainer) -> Iterator[None]:
         losses = re.sub(r"np\.float\d+\(([^)]*)\)", r"\1", losses)  # numpy 2 scalar reprs
         groups = trainer.optimizer.param_groups
         lr = float(groups[0]["lr"]) if groups else None
-        note = trainer.guard.last_checkpoint_note() if getattr(trainer, "guard", None) else ""
+        guard = guard if guard is not None else getattr(trainer, "guard", None)
+        note = guard.last_checkpoint_note() if guard is not None else ""
         raise DivergenceError(
             f"training diverged at iteration {trainer.iter}: the loss is not finite "
             f"({losses}; {format_lr(lr)}){note}",

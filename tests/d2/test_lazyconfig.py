@@ -138,6 +138,8 @@ def test_lazy_recipe_matches_the_yaml_solver_and_data(yaml_name, lazy_name):
     if ema.ENABLED:
         assert (train.ema.decay, train.ema.warmup) == (ema.DECAY, ema.WARMUP)
     assert (train.seed, train.init_checkpoint) == (y.SEED, y.MODEL.WEIGHTS)
+    guard = {k.upper(): v for k, v in train.divergence_guard.items()}
+    assert guard == dict(solver.DIVERGENCE_GUARD)  # same options and values, lower-case keys
     assert (train.device == "cpu") == (y.MODEL.DEVICE == "cpu")
     # data: datasets, batch, empty-image policy, input format, train / test transforms
     loader = lazy.dataloader
