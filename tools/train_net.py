@@ -47,6 +47,7 @@ from plugins.d2.datasets import (  # noqa: E402
 )
 from plugins.d2.engine import CheckpointLoadError, Trainer, load_checkpoint  # noqa: E402
 from plugins.d2.launch import cpu_launch_problem, launch  # noqa: E402
+from plugins.d2.optim import check_clip_config  # noqa: E402
 from plugins.data.check import DatasetCheckError  # noqa: E402
 from plugins.guard import DivergenceError  # noqa: E402
 
@@ -87,6 +88,7 @@ def load_config(
         cfg.DATASETS.COCO_JSON = list(cfg.DATASETS.COCO_JSON) + [list(t) for t in coco_datasets]
     try:
         register_config_datasets(cfg)
+        check_clip_config(cfg.SOLVER.CLIP_GRADIENTS)
     except ValueError as e:
         raise ConfigError(str(e)) from e
     cfg.freeze()

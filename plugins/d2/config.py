@@ -16,6 +16,9 @@ New nodes:
   :class:`~plugins.d2.retinanet.RetinaNetPlus`).
 - ``INPUT.SCALE_JITTER``: EfficientDet's training augmentation (random rescale + fixed-size crop).
 - ``SOLVER.OPTIMIZER``: ``"SGD"`` (Detectron2's default) or ``"AdamW"``.
+- ``SOLVER.CLIP_GRADIENTS.CLIP_TYPE`` gains ``"full_model"``: the norm of all gradients clipped
+  together, as the EfficientDet paper and MMDetection's ``clip_grad`` do (:mod:`plugins.d2.optim`;
+  Detectron2's ``"value"`` / ``"norm"`` clip each parameter on its own).
 - ``SOLVER.DIVERGENCE_GUARD``: stop a diverging run, keep bad weights out of checkpoints
   (:mod:`plugins.d2.guard`).
 - ``DATASETS.COCO_JSON``: your own COCO-format datasets, registered by name

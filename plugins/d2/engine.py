@@ -35,8 +35,7 @@ from detectron2.data import transforms as T
 from detectron2.engine import DefaultTrainer, hooks
 from detectron2.engine import defaults as d2_defaults
 from detectron2.evaluation import COCOEvaluator
-from detectron2.solver import build_optimizer
-from detectron2.solver.build import get_default_optimizer_params, maybe_add_gradient_clipping
+from detectron2.solver.build import get_default_optimizer_params
 from torch import nn
 
 from plugins.convert.match import WrongCheckpointError
@@ -48,6 +47,7 @@ from .data_check import check_dataset_contents, drop_bad_ground_truth
 from .datasets import check_datasets, prepare_dataset, register_config_datasets
 from .ema import EMAHook, ModelEMA, unwrap_model
 from .guard import DivergenceGuardHook, divergence_as_error, install_divergence_guard
+from .optim import with_gradient_clipping
 from .publish import is_published_ema, publish_trainer
 from .resume import build_resumable_train_loader, install_exact_resume, restart_train_loader
 
@@ -195,21 +195,26 @@ class Trainer(DefaultTrainer):
 
     @classmethod
     def build_optimizer(cls, cfg, model: nn.Module) -> torch.optim.Optimizer:
+        """``SOLVER.OPTIMIZER`` (SGD or AdamW) with ``SOLVER.CLIP_GRADIENTS``.
+
+        As Detectron2's ``build_optimizer`` (its parameter groups and SGD arguments), plus
+        AdamW and the joint clip ``CLIP_TYPE: "full_model"`` (:mod:`plugins.d2.optim`).
+        """
         name = cfg.SOLVER.OPTIMIZER
+        if name not in ("SGD", "AdamW"):
+            raise ValueError(f"SOLVER.OPTIMIZER: expected 'SGD' or 'AdamW', got {name!r}")
+        params = get_default_optimizer_params(
+            model,
+            base_lr=cfg.SOLVER.BASE_LR,
+            weight_decay_norm=cfg.SOLVER.WEIGHT_DECAY_NORM,
+            bias_lr_factor=cfg.SOLVER.BIAS_LR_FACTOR,
+            weight_decay_bias=cfg.SOLVER.WEIGHT_DECAY_BIAS,
+        )
+        kwargs = {"lr": cfg.SOLVER.BASE_LR, "weight_decay": cfg.SOLVER.WEIGHT_DECAY}
         if name == "SGD":
-            return build_optimizer(cfg, model)
-        if name == "AdamW":
-            params = get_default_optimizer_params(
-                model,
-                base_lr=cfg.SOLVER.BASE_LR,
-                weight_decay_norm=cfg.SOLVER.WEIGHT_DECAY_NORM,
-                bias_lr_factor=cfg.SOLVER.BIAS_LR_FACTOR,
-                weight_decay_bias=cfg.SOLVER.WEIGHT_DECAY_BIAS,
-            )
-            return maybe_add_gradient_clipping(cfg, torch.optim.AdamW)(
-                params, lr=cfg.SOLVER.BASE_LR, weight_decay=cfg.SOLVER.WEIGHT_DECAY
-            )
-        raise ValueError(f"SOLVER.OPTIMIZER: expected 'SGD' or 'AdamW', got {name!r}")
+            kwargs.update(momentum=cfg.SOLVER.MOMENTUM, nesterov=cfg.SOLVER.NESTEROV)
+        optimizer_cls = getattr(torch.optim, name)
+        return with_gradient_clipping(cfg.SOLVER.CLIP_GRADIENTS, optimizer_cls)(params, **kwargs)
 
     def build_hooks(self) -> list[hooks.HookBase]:
         ret = super().build_hooks()

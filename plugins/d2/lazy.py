@@ -22,7 +22,6 @@ from detectron2.config import CfgNode as CN
 from detectron2.config import LazyConfig
 from detectron2.evaluation import COCOEvaluator
 from detectron2.modeling.matcher import Matcher
-from detectron2.solver.build import maybe_add_gradient_clipping
 from omegaconf import DictConfig, OmegaConf
 
 from plugins.core.efficientdet import EfficientDet as CoreEfficientDet
@@ -31,6 +30,7 @@ from plugins.core.variants import EfficientDetVariant
 from ._compat import HAS_D2_C
 from .datasets import prepare_dataset
 from .efficientdet import EfficientDet, EfficientDetHead, EfficientNetBiFPN, variant_from_cfg
+from .optim import with_gradient_clipping
 
 __all__ = [
     "LazyConfigError",
@@ -126,30 +126,34 @@ def optimizer_with_clipping(
         optimizer: a class name of ``torch.optim`` (``"SGD"``, ``"AdamW"``, ...).
         params: parameter groups (``get_default_optimizer_params``).
         clip_gradients: ``dict(enabled, clip_type, clip_value, norm_type)`` as the YAML keys
-            ``SOLVER.CLIP_GRADIENTS.*`` (``clip_type`` ``"value"`` or ``"norm"``, per
-            parameter, as Detectron2 clips); ``None`` or ``enabled=False``: no clipping.
+            ``SOLVER.CLIP_GRADIENTS.*`` (``clip_type`` ``"value"`` or ``"norm"``: per
+            parameter, as Detectron2 clips; ``"full_model"``: the joint norm of all gradients,
+            as the EfficientDet paper and MMDetection clip, :mod:`plugins.d2.optim`); ``None``
+            or ``enabled=False``: no clipping.
         **kwargs: the optimizer's arguments (``lr``, ``momentum``, ``weight_decay``, ...).
 
     Returns:
         The optimizer.
 
     Raises:
-        LazyConfigError: unknown optimizer name.
+        LazyConfigError: unknown optimizer name or clipping type.
     """
     cls = getattr(torch.optim, optimizer, None)
     if not (isinstance(cls, type) and issubclass(cls, torch.optim.Optimizer)):
         raise LazyConfigError(f"optimizer: {optimizer!r} is not a torch.optim optimizer")
     clip = dict(clip_gradients or {})
-    if clip.get("enabled", False):
-        node = CN(
-            {
-                "ENABLED": True,
-                "CLIP_TYPE": clip.get("clip_type", "value"),
-                "CLIP_VALUE": float(clip.get("clip_value", 1.0)),
-                "NORM_TYPE": float(clip.get("norm_type", 2.0)),
-            }
-        )
-        cls = maybe_add_gradient_clipping(CN({"SOLVER": CN({"CLIP_GRADIENTS": node})}), cls)
+    node = CN(
+        {
+            "ENABLED": bool(clip.get("enabled", False)),
+            "CLIP_TYPE": clip.get("clip_type", "value"),
+            "CLIP_VALUE": float(clip.get("clip_value", 1.0)),
+            "NORM_TYPE": float(clip.get("norm_type", 2.0)),
+        }
+    )
+    try:
+        cls = with_gradient_clipping(node, cls, key="optimizer.clip_gradients")
+    except ValueError as e:
+        raise LazyConfigError(str(e)) from e
     return cls(params, **kwargs)
 
 

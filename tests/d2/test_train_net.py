@@ -106,6 +106,17 @@ def test_unknown_key_fails_clearly(tmp_path):
     assert "Traceback" not in r.stderr
 
 
+def test_unknown_clip_type_fails_before_training(tmp_path):
+    r = run(
+        "--config-file", DEMO, "SOLVER.CLIP_GRADIENTS.CLIP_TYPE", "global", "OUTPUT_DIR", str(tmp_path)
+    )  # fmt: skip
+    assert r.returncode == 1
+    last = r.stderr.strip().splitlines()[-1]
+    assert last.startswith("train_net.py: error: invalid config: SOLVER.CLIP_GRADIENTS.CLIP_TYPE")
+    assert "full_model" in last and "Traceback" not in r.stderr
+    assert not os.listdir(tmp_path)  # stopped before anything was written
+
+
 def test_missing_dataset_fails_clearly(tmp_path):
     missing = str(tmp_path / "no_datasets_here")
     r = run(
