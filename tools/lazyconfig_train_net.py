@@ -73,6 +73,7 @@ from plugins.d2.data_check import (  # noqa: E402
 from plugins.d2.datasets import (  # noqa: E402
     DatasetMissingError,
     check_datasets,
+    lazy_dataset_hint,
     register_coco_json_datasets,
 )
 from plugins.d2.ema import EMAHook, ModelEMA, unwrap_model  # noqa: E402
@@ -328,7 +329,11 @@ def check_config(cfg, args) -> None:
         if key not in cfg and not (key != "dataloader" and args.eval_only):
             raise LazyConfigError(f"{args.config_file}: no `{key}` in the config")
     train_names, test_names = dataset_names(cfg)
-    check_datasets(test_names if args.eval_only else train_names + test_names)
+    check_datasets(
+        test_names if args.eval_only else train_names + test_names,
+        hint=lazy_dataset_hint(args.config_file, lazy_num_classes(cfg)[1]),
+        keys="dataloader.train.dataset.names / dataloader.test.dataset.names",
+    )
     check_dataset_contents(cfg, args.eval_only)
     if args.eval_only and not cfg.train.init_checkpoint:
         raise CheckpointLoadError("--eval-only needs train.init_checkpoint=<checkpoint>")

@@ -81,6 +81,26 @@ def dataset_hint(cfg=None) -> str:
     )
 
 
+def lazy_dataset_hint(config_file: str, num_classes_key: str = "") -> str:
+    """:func:`dataset_hint` for ``tools/lazyconfig_train_net.py`` and a LazyConfig file.
+
+    Args:
+        config_file: the LazyConfig's path (its name picks the family's demo config).
+        num_classes_key: the config's class-count key (e.g. ``model.network.num_classes``).
+    """
+    name = os.path.basename(config_file).lower()
+    family = next((f for f in ("cornernet", "retinanet") if f in name), "efficientdet")
+    key = num_classes_key or "model.<...>.num_classes"
+    return (
+        "To train on the embedded synthetic dataset (shapes_train / shapes_val, generated on "
+        "first use) instead, run: python tools/lazyconfig_train_net.py --config-file "
+        f"configs/lazy/demo/{family}_shapes.py . To use your own COCO-format files, add: "
+        "--coco-dataset my_train TRAIN.json TRAIN_IMAGES/ --coco-dataset my_val VAL.json "
+        "VAL_IMAGES/ dataloader.train.dataset.names=my_train "
+        f"dataloader.test.dataset.names=my_val {key}=<number of categories>."
+    )
+
+
 class DatasetMissingError(FileNotFoundError):
     """A dataset named in the config is not registered or its files are missing."""
 
@@ -197,24 +217,33 @@ def prepare_dataset(name: str) -> None:
         MetadataCatalog.get(name).set(json_file=json_file, image_root=image_root)
 
 
-def check_datasets(names: Iterable[str], cfg=None) -> None:
+def check_datasets(
+    names: Iterable[str],
+    cfg=None,
+    *,
+    hint: str | None = None,
+    keys: str = "DATASETS.TRAIN / DATASETS.TEST",
+) -> None:
     """Fail early, with a helpful message, if a dataset cannot be loaded.
 
     Args:
         names: dataset names, e.g. ``cfg.DATASETS.TRAIN + cfg.DATASETS.TEST``.
         cfg: the config, if known: the message then names commands for its architecture.
             Default ``None``.
+        hint: the "how to run without it" sentence; default :func:`dataset_hint` of ``cfg``
+            (YAML commands; :func:`lazy_dataset_hint` for LazyConfigs).
+        keys: the config keys that name the datasets, for the message.
 
     Raises:
         DatasetMissingError: a name is not registered, or its ``json_file`` / ``image_root``
             (e.g. Detectron2's COCO under ``$DETECTRON2_DATASETS``) does not exist.
     """
     registered = set(DatasetCatalog.list())
-    hint = dataset_hint(cfg)
+    hint = dataset_hint(cfg) if hint is None else hint
     for name in names:
         if name not in registered:
             raise DatasetMissingError(
-                f"Dataset {name!r} is not registered (DATASETS.TRAIN / DATASETS.TEST). "
+                f"Dataset {name!r} is not registered ({keys}). "
                 f"Embedded datasets: {sorted(SHAPES_DATASETS)}; Detectron2 registers COCO as "
                 f"e.g. 'coco_2017_train'. {hint}"
             )

@@ -87,6 +87,32 @@ def test_class_count_that_differs_from_the_json_names_the_lazy_key(
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.parametrize(
+    "config, demo, key",
+    [
+        ("efficientdet_d0.py", "efficientdet_shapes.py", "model.network.num_classes"),
+        ("retinanet_R_50_FPN_1x.py", "retinanet_shapes.py", "model.num_classes"),
+        ("cornernet_hourglass104.py", "cornernet_shapes.py", "model.num_classes"),
+    ],
+)
+def test_missing_dataset_hint_names_lazyconfig_commands(tool, tmp_path, capsys, config, demo, key):
+    path = str(REPO / "configs" / "lazy" / config)
+    argv = ["--config-file", path, "dataloader.train.dataset.names=nope_train"]
+    assert tool.run([*argv, f"train.output_dir={tmp_path / 'out'}"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("lazyconfig_train_net.py: error: missing dataset")
+    line = err[0]
+    assert "'nope_train' is not registered (dataloader.train.dataset.names" in line
+    assert "DATASETS.TRAIN" not in line and "train_net.py --config-file configs/demo" not in line
+    assert f"{key}=<number of categories>" in line
+    # the suggested demo exists and its class-count key is the one named for the family
+    suggested = re.search(r"--config-file (configs/lazy/demo/\S+\.py)", line).group(1)
+    assert suggested == f"configs/lazy/demo/{demo}"
+    demo_cfg = tool.load_lazy_config(str(REPO / suggested))
+    assert tool.lazy_num_classes(demo_cfg)[1] == key
+    assert not (tmp_path / "out").exists()
+
+
 def _run(argv: list[str], log: Path, record: Path | None = None) -> int:
     """``lazyconfig_train_net.py argv`` in a forked child; with ``record``, each evaluation's
     ground-truth annotation ids and results are written there. Returns the exit code."""
