@@ -26,6 +26,31 @@ model = dict(
     ),
 )
 
+# mmdet's CornerNet test pipeline (no resize: a centre pad to the network's stride) with
+# PluginsCheckImage first: grayscale / RGBA arrays become 3 channels
+test_pipeline = [
+    dict(type="LoadImageFromFile", to_float32=True, backend_args=None),
+    dict(type="PluginsCheckImage"),
+    dict(
+        type="RandomCenterCropPad",
+        crop_size=None,
+        ratios=None,
+        border=None,
+        test_mode=True,
+        test_pad_mode=["logical_or", 127],
+        mean=[123.675, 116.28, 103.53],
+        std=[58.395, 57.12, 57.375],
+        to_rgb=True,
+    ),
+    dict(type="LoadAnnotations", with_bbox=True),
+    dict(
+        type="PackDetInputs",
+        meta_keys=("img_id", "img_path", "ori_shape", "img_shape", "border"),
+    ),
+]
+val_dataloader = dict(dataset=dict(pipeline=test_pipeline))
+test_dataloader = val_dataloader
+
 # the model-zoo file <work_dir>/<config name>-<sha256[:8]>.pth after training (plugins.mm.publish)
 custom_hooks = [
     # stop on a diverging loss, never write / rotate in a checkpoint with bad weights, and

@@ -29,6 +29,21 @@ model = dict(
     ),
 )
 
+# mmdet's COCO test pipeline with PluginsCheckImage first: grayscale / RGBA arrays become 3
+# channels, an image the resize would make 0 px high or wide is one clear error
+test_pipeline = [
+    dict(type="LoadImageFromFile", backend_args=None),
+    dict(type="PluginsCheckImage", scale=(1333, 800)),
+    dict(type="Resize", scale=(1333, 800), keep_ratio=True),
+    dict(type="LoadAnnotations", with_bbox=True),
+    dict(
+        type="PackDetInputs",
+        meta_keys=("img_id", "img_path", "ori_shape", "img_shape", "scale_factor"),
+    ),
+]
+val_dataloader = dict(dataset=dict(pipeline=test_pipeline))
+test_dataloader = val_dataloader
+
 # the model-zoo file <work_dir>/<config name>-<sha256[:8]>.pth after training (plugins.mm.publish)
 custom_hooks = [
     # stop on a diverging loss, never write / rotate in a checkpoint with bad weights, and

@@ -53,6 +53,22 @@ def test_config_loads_and_builds(path):
         assert count == variant.expected_params
 
 
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: str(p.relative_to(CONFIG_DIR)))
+def test_test_pipelines_check_the_image_first(path):
+    """Grayscale / RGBA / too thin inputs are handled by PluginsCheckImage in every val and
+    test pipeline, right after loading, with the scale of the resize that follows."""
+    cfg = Config.fromfile(str(path))
+    for loader in ("val_dataloader", "test_dataloader"):
+        pipeline = cfg[loader].dataset.pipeline
+        types = [t["type"] for t in pipeline]
+        assert types[:2] == ["LoadImageFromFile", "PluginsCheckImage"], (loader, types)
+        resize = next((t for t in pipeline if t["type"] == "Resize"), None)
+        scale = pipeline[1].get("scale")
+        assert (None if scale is None else tuple(scale)) == (
+            None if resize is None else tuple(resize["scale"])
+        ), (loader, pipeline)
+
+
 @pytest.mark.parametrize("path", EFFDET, ids=lambda p: p.stem)
 def test_efficientdet_recipe(path):
     cfg = Config.fromfile(str(path))
