@@ -12,6 +12,7 @@ meta-architecture's other arguments. :func:`efficientdet_variant` applies the sa
 
 from __future__ import annotations
 
+import ast
 import copy
 import os
 from collections.abc import Iterable, Sequence
@@ -157,6 +158,24 @@ def optimizer_with_clipping(
     return cls(params, **kwargs)
 
 
+def _is_mmengine_config(path: str) -> bool:
+    """Whether the Python file ``path`` assigns ``_base_`` or ``custom_imports`` at top level
+    (mmengine's config idiom; a LazyConfig inherits by importing)."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            tree = ast.parse(f.read(), filename=path)
+    except (SyntaxError, UnicodeDecodeError, OSError):
+        return False  # LazyConfig.load reports it
+    names = {
+        target.id
+        for node in tree.body
+        if isinstance(node, ast.Assign)
+        for target in node.targets
+        if isinstance(target, ast.Name)
+    }
+    return bool(names & {"_base_", "custom_imports"})
+
+
 def load_lazy_config(path: str, overrides: Iterable[str] = ()) -> DictConfig:
     """``LazyConfig.load`` + ``apply_overrides`` with one-line errors.
 
@@ -172,6 +191,11 @@ def load_lazy_config(path: str, overrides: Iterable[str] = ()) -> DictConfig:
     """
     if not os.path.isfile(path):
         raise LazyConfigError(f"config file not found: {path}")
+    if _is_mmengine_config(path):  # before running it: its `_base_` tricks fail as a LazyConfig
+        raise LazyConfigError(
+            f"{path}: not a Detectron2 LazyConfig but an MMDetection (mmengine) config "
+            "(`_base_` / `custom_imports`): train it with tools/mm_train.py"
+        )
     try:
         cfg = LazyConfig.load(path)
     except Exception as e:  # the file is Python: any error of its code lands here

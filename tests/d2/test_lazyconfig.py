@@ -252,6 +252,12 @@ def test_bad_config_or_override_is_one_line(tmp_path, capsys):
     assert tool.run(["--config-file", mm_config]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "not a Detectron2 LazyConfig" in err[0]
+    assert "tools/mm_train.py" in err[0]
+    # a Python file that is neither: named as such too
+    other = tmp_path / "other.py"
+    other.write_text("x = 1\n")
+    with pytest.raises(LazyConfigError, match="not a Detectron2 LazyConfig .no `model"):
+        load_lazy_config(str(other))
     with pytest.raises(LazyConfigError, match="config file not found"):
         load_lazy_config(str(tmp_path / "absent.py"))
     assert tool.run(["--config-file", DEMO, "--eval-only"]) == 1

@@ -20,8 +20,9 @@ def shapes_loaders(train_augmentations, test_min_size, test_max_size, image_form
     )
 
 
-def adamw(lr, weight_decay, clip_norm=None):
-    return optimizer_config("AdamW", lr, weight_decay, clip_norm)
+def adamw(lr, weight_decay, clip_norm=None, clip_type="full_model"):
+    """AdamW clipped as the MMDetection demos' `clip_grad` (all gradients together)."""
+    return optimizer_config("AdamW", lr, weight_decay, clip_norm, clip_type)
 
 
 def cpu_demo(train, max_iter, name):

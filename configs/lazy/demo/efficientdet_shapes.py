@@ -15,7 +15,7 @@ model.network.variant.anchor_scale = 3.0
 model.test_score_thresh = 0.05
 
 dataloader = shapes_loaders(scale_jitter(256, 0.8, 1.2), 256, 256, "RGB", workers=0)
-optimizer = adamw(0.005, 0.0001, clip_norm=10.0)
+optimizer = adamw(0.005, 0.0001, clip_norm=10.0)  # joint clip, as the YAML and the mm demo
 lr_multiplier = warmup_cosine(1400, 50, 0.01)
 cpu_demo(train, 1400, "efficientdet_shapes")
 train.ema.enabled = True
