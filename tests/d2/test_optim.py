@@ -112,7 +112,11 @@ def test_sgd_param_groups_are_detectron2s():
 @pytest.mark.parametrize(
     ("clip_type", "clip_value", "message"),
     [
-        ("global", 10.0, "SOLVER.CLIP_GRADIENTS.CLIP_TYPE: expected one of value, norm, full_model"),
+        (
+            "global",
+            10.0,
+            "SOLVER.CLIP_GRADIENTS.CLIP_TYPE: expected one of value, norm, full_model",
+        ),
         ("full_model", 0.0, "SOLVER.CLIP_GRADIENTS.CLIP_VALUE: must be > 0"),
     ],
 )
