@@ -5,9 +5,10 @@
 #
 # Only the component types change; the backbone and head keep the base config's arguments
 # (PluginsHourglassNet / PluginsCornerHead accept mmdet's HourglassNet / CornerHead keywords).
-_base_ = "mmdet::cornernet/cornernet_hourglass104_8xb6-210e-mstest_coco.py"
-
-custom_imports = dict(imports=["plugins.mm"], allow_failed_imports=False)
+_base_ = [
+    "mmdet::cornernet/cornernet_hourglass104_8xb6-210e-mstest_coco.py",
+    "./_base_/plugins_runtime.py",  # the plugins' registrations and training hooks
+]
 
 model = dict(
     backbone=dict(type="PluginsHourglassNet"),
@@ -50,12 +51,3 @@ test_pipeline = [
 ]
 val_dataloader = dict(dataset=dict(pipeline=test_pipeline))
 test_dataloader = val_dataloader
-
-# the model-zoo file <work_dir>/<config name>-<sha256[:8]>.pth after training (plugins.mm.publish)
-custom_hooks = [
-    # stop on a diverging loss, never write / rotate in a checkpoint with bad weights, and
-    # resume bit-exactly after a kill (plugins.mm.hooks)
-    dict(type="PluginsDivergenceGuardHook"),
-    dict(type="PluginsExactResumeHook"),
-    dict(type="PluginsPublishHook"),
-]

@@ -1,47 +1,5 @@
 # EfficientDet-D0 on COCO, the paper's recipe (see _base_/efficientdet.py):
 # 512x512 inputs, P3-P7, total batch 128 = 8 GPUs x 16.
 #   python tools/mm_train.py configs/mmdet/efficientdet_d0.py [--amp] [--auto-scale-lr]
+# The base is written for D0: variant, image size, pipelines and batch size are its own.
 _base_ = "./_base_/efficientdet.py"
-
-variant = "efficientdet_d0"
-image_size = 512
-
-model = dict(
-    data_preprocessor=dict(
-        pad_size_divisor=128,
-        batch_augments=[dict(type="BatchFixedSizePad", size=(image_size, image_size))],
-    ),
-    backbone=dict(variant=variant),
-    neck=dict(variant=variant),
-    bbox_head=dict(
-        variant=variant,
-        anchor_generator=dict(variant=variant),
-    ),
-)
-
-train_pipeline = [
-    dict(type="LoadImageFromFile", backend_args=None),
-    dict(type="LoadAnnotations", with_bbox=True),
-    dict(
-        type="RandomResize",
-        scale=(image_size, image_size),
-        ratio_range=(0.1, 2.0),
-        keep_ratio=True,
-    ),
-    dict(type="RandomCrop", crop_size=(image_size, image_size), allow_negative_crop=True),
-    dict(type="RandomFlip", prob=0.5),
-    dict(type="PackDetInputs"),
-]
-test_pipeline = [
-    dict(type="LoadImageFromFile", backend_args=None),
-    dict(type="PluginsCheckImage", scale=(image_size, image_size)),  # grayscale, shape checks
-    dict(type="Resize", scale=(image_size, image_size), keep_ratio=True),
-    dict(type="LoadAnnotations", with_bbox=True),
-    dict(
-        type="PackDetInputs",
-        meta_keys=("img_id", "img_path", "ori_shape", "img_shape", "scale_factor"),
-    ),
-]
-train_dataloader = dict(batch_size=16, dataset=dict(pipeline=train_pipeline))
-val_dataloader = dict(dataset=dict(pipeline=test_pipeline))
-test_dataloader = val_dataloader

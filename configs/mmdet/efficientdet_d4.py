@@ -8,15 +8,11 @@ image_size = 1024
 
 model = dict(
     data_preprocessor=dict(
-        pad_size_divisor=128,
         batch_augments=[dict(type="BatchFixedSizePad", size=(image_size, image_size))],
     ),
     backbone=dict(variant=variant),
     neck=dict(variant=variant),
-    bbox_head=dict(
-        variant=variant,
-        anchor_generator=dict(variant=variant),
-    ),
+    bbox_head=dict(variant=variant, anchor_generator=dict(variant=variant)),
 )
 
 train_pipeline = [

@@ -8,15 +8,11 @@ image_size = 1536
 
 model = dict(
     data_preprocessor=dict(
-        pad_size_divisor=128,
         batch_augments=[dict(type="BatchFixedSizePad", size=(image_size, image_size))],
     ),
     backbone=dict(variant=variant),
     neck=dict(variant=variant),
-    bbox_head=dict(
-        variant=variant,
-        anchor_generator=dict(variant=variant),
-    ),
+    bbox_head=dict(variant=variant, anchor_generator=dict(variant=variant)),
 )
 
 train_pipeline = [
@@ -49,14 +45,6 @@ test_dataloader = val_dataloader
 max_epochs = 600  # the paper trains D7/D7x twice as long
 train_cfg = dict(max_epochs=max_epochs)
 param_scheduler = [
-    dict(type="LinearLR", start_factor=0.05, by_epoch=False, begin=0, end=925),
-    dict(
-        type="CosineAnnealingLR",
-        eta_min=0.0,
-        begin=1,
-        end=max_epochs,
-        T_max=max_epochs - 1,
-        by_epoch=True,
-        convert_to_iter_based=True,
-    ),
+    _base_.param_scheduler[0],  # the one-epoch warm-up
+    dict(_base_.param_scheduler[1], end=max_epochs, T_max=max_epochs - 1),  # cosine to the end
 ]

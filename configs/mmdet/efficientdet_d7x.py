@@ -1,62 +1,14 @@
 # EfficientDet-D7X on COCO, the paper's recipe (see _base_/efficientdet.py):
 # 1536x1536 inputs, P3-P8, total batch 128 = 32 GPUs x 4.
 #   python tools/mm_train.py configs/mmdet/efficientdet_d7x.py [--amp] [--auto-scale-lr]
-_base_ = "./_base_/efficientdet.py"
+# D7's inputs, pipelines and 600-epoch schedule (efficientdet_d7.py) with the D7x network.
+_base_ = "./efficientdet_d7.py"
 
 variant = "efficientdet_d7x"
-image_size = 1536
 
 model = dict(
-    data_preprocessor=dict(
-        pad_size_divisor=256,
-        batch_augments=[dict(type="BatchFixedSizePad", size=(image_size, image_size))],
-    ),
+    data_preprocessor=dict(pad_size_divisor=256),  # 2 ** max_level: P8
     backbone=dict(variant=variant),
     neck=dict(variant=variant),
-    bbox_head=dict(
-        variant=variant,
-        anchor_generator=dict(variant=variant),
-    ),
+    bbox_head=dict(variant=variant, anchor_generator=dict(variant=variant)),
 )
-
-train_pipeline = [
-    dict(type="LoadImageFromFile", backend_args=None),
-    dict(type="LoadAnnotations", with_bbox=True),
-    dict(
-        type="RandomResize",
-        scale=(image_size, image_size),
-        ratio_range=(0.1, 2.0),
-        keep_ratio=True,
-    ),
-    dict(type="RandomCrop", crop_size=(image_size, image_size), allow_negative_crop=True),
-    dict(type="RandomFlip", prob=0.5),
-    dict(type="PackDetInputs"),
-]
-test_pipeline = [
-    dict(type="LoadImageFromFile", backend_args=None),
-    dict(type="PluginsCheckImage", scale=(image_size, image_size)),  # grayscale, shape checks
-    dict(type="Resize", scale=(image_size, image_size), keep_ratio=True),
-    dict(type="LoadAnnotations", with_bbox=True),
-    dict(
-        type="PackDetInputs",
-        meta_keys=("img_id", "img_path", "ori_shape", "img_shape", "scale_factor"),
-    ),
-]
-train_dataloader = dict(batch_size=4, dataset=dict(pipeline=train_pipeline))
-val_dataloader = dict(dataset=dict(pipeline=test_pipeline))
-test_dataloader = val_dataloader
-
-max_epochs = 600  # the paper trains D7/D7x twice as long
-train_cfg = dict(max_epochs=max_epochs)
-param_scheduler = [
-    dict(type="LinearLR", start_factor=0.05, by_epoch=False, begin=0, end=925),
-    dict(
-        type="CosineAnnealingLR",
-        eta_min=0.0,
-        begin=1,
-        end=max_epochs,
-        T_max=max_epochs - 1,
-        by_epoch=True,
-        convert_to_iter_based=True,
-    ),
-]

@@ -2,8 +2,10 @@
 # (PluginsFocalLoss: the core focal loss, no CUDA kernel needed) and the core Gaussian
 # soft-NMS at test time (PluginsRetinaHead understands nms.type="plugins_soft_nms").
 #   python tools/mm_train.py configs/mmdet/retinanet_r50_fpn_1x_coco_plugins.py
-_base_ = "mmdet::retinanet/retinanet_r50_fpn_1x_coco.py"
-custom_imports = dict(imports=["plugins.mm"], allow_failed_imports=False)
+_base_ = [
+    "mmdet::retinanet/retinanet_r50_fpn_1x_coco.py",
+    "./_base_/plugins_runtime.py",  # the plugins' registrations and training hooks
+]
 
 model = dict(
     bbox_head=dict(
@@ -43,12 +45,3 @@ test_pipeline = [
 ]
 val_dataloader = dict(dataset=dict(pipeline=test_pipeline))
 test_dataloader = val_dataloader
-
-# the model-zoo file <work_dir>/<config name>-<sha256[:8]>.pth after training (plugins.mm.publish)
-custom_hooks = [
-    # stop on a diverging loss, never write / rotate in a checkpoint with bad weights, and
-    # resume bit-exactly after a kill (plugins.mm.hooks)
-    dict(type="PluginsDivergenceGuardHook"),
-    dict(type="PluginsExactResumeHook"),
-    dict(type="PluginsPublishHook"),
-]

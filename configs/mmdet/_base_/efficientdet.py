@@ -1,6 +1,7 @@
 # EfficientDet training recipe of the paper (https://arxiv.org/abs/1911.09070, Sec. 5.1), on
 # COCO, written for D0; the efficientdet_d*.py leaves re-state what depends on the variant
-# (variant name, image size, pipelines, batch size).
+# (variant name, image size, pipelines, batch size): mmengine evaluates this file on its own, so
+# a leaf that only re-assigned `variant` or `image_size` would keep D0's model and pipelines.
 #
 #   SGD momentum 0.9, weight decay 4e-5, lr 0.16 for a total batch of 128 (scale it
 #   linearly: --auto-scale-lr), 1 epoch of linear warm-up then cosine decay, 300 epochs;
@@ -11,63 +12,28 @@ _base_ = [
     "mmdet::_base_/datasets/coco_detection.py",
     "mmdet::_base_/schedules/schedule_1x.py",
     "mmdet::_base_/default_runtime.py",
+    "./efficientdet_model.py",  # the detector; the variant and the COCO values are set below
+    "./plugins_runtime.py",
 ]
-custom_imports = dict(imports=["plugins.mm"], allow_failed_imports=False)
 
 variant = "efficientdet_d0"  # key of plugins.core.variants.EFFICIENTDET_VARIANTS
 image_size = 512  # EFFICIENTDET_VARIANTS[variant].image_size
 pad_divisor = 128  # 2 ** max_level: the anchors then equal the core's exactly
 
 model = dict(
-    type="PluginsEfficientDet",
     data_preprocessor=dict(
-        type="DetDataPreprocessor",
-        mean=[123.675, 116.28, 103.53],  # ImageNet statistics on RGB in [0, 255]
-        std=[58.395, 57.12, 57.375],
-        bgr_to_rgb=True,
         pad_size_divisor=pad_divisor,
         batch_augments=[dict(type="BatchFixedSizePad", size=(image_size, image_size))],
     ),
-    backbone=dict(type="PluginsEfficientNet", variant=variant),
-    neck=dict(type="PluginsBiFPN", variant=variant),
+    backbone=dict(variant=variant),
+    neck=dict(variant=variant),
     bbox_head=dict(
-        type="PluginsEfficientDetHead",
         variant=variant,
         num_classes=80,
-        anchor_generator=dict(type="PluginsEfficientDetAnchorGenerator", variant=variant),
-        bbox_coder=dict(type="PluginsEfficientDetBoxCoder"),
-        loss_cls=dict(
-            type="PluginsFocalLoss", use_sigmoid=True, gamma=1.5, alpha=0.25, loss_weight=1.0
-        ),
-        loss_bbox=dict(type="PluginsHuberLoss", delta=0.1, loss_weight=50.0),
+        anchor_generator=dict(variant=variant),
+        loss_cls=dict(loss_weight=1.0),  # and 50.0 for the box loss (efficientdet_model.py)
     ),
-    train_cfg=dict(
-        # effdet's ArgMaxMatcher(0.5, 0.5, force_match_for_each_row=True)
-        assigner=dict(
-            type="MaxIoUAssigner",
-            pos_iou_thr=0.5,
-            neg_iou_thr=0.5,
-            min_pos_iou=0.0,
-            ignore_iof_thr=-1,
-        ),
-        sampler=dict(type="PseudoSampler"),
-        allowed_border=-1,
-        pos_weight=-1,
-        debug=False,
-    ),
-    test_cfg=dict(
-        nms_pre=5000,
-        min_bbox_size=0,
-        score_thr=0.001,
-        nms=dict(
-            type="plugins_soft_nms",
-            method="gaussian",
-            sigma=0.5,
-            iou_threshold=0.3,
-            min_score=0.001,
-        ),
-        max_per_img=100,
-    ),
+    test_cfg=dict(nms_pre=5000, score_thr=0.001, nms=dict(min_score=0.001)),
 )
 
 backend_args = None
@@ -128,7 +94,8 @@ optim_wrapper = dict(
 )
 auto_scale_lr = dict(enable=False, base_batch_size=128)
 
-# EMA of the weights with decay 0.9998 (mmengine's momentum = 1 - decay).
+# EMA of the weights with decay 0.9998 (mmengine's momentum = 1 - decay), then the plugins'
+# hooks (plugins_runtime.py: divergence guard, exact resume, publish of the EMA weights)
 custom_hooks = [
     dict(
         type="EMAHook",
@@ -137,12 +104,6 @@ custom_hooks = [
         update_buffers=True,
         priority=49,
     ),
-    # stop on a diverging loss, never write / rotate in a checkpoint with bad weights, and
-    # resume bit-exactly after a kill (plugins.mm.hooks)
-    dict(type="PluginsDivergenceGuardHook"),
-    dict(type="PluginsExactResumeHook"),
-    # the model-zoo file <work_dir>/<config name>-<sha256[:8]>.pth after training
-    # (the evaluated, EMA weights; plugins.mm.publish)
-    dict(type="PluginsPublishHook"),
+    *_base_.custom_hooks,
 ]
 default_hooks = dict(checkpoint=dict(type="CheckpointHook", interval=10, max_keep_ckpts=3))

@@ -10,8 +10,7 @@
 # scale jitter and crops instead of 511 px random centre crops, a short schedule with a
 # larger learning rate. Corner pooling, targets, the Gaussian focal / pull-push / offset losses,
 # intermediate supervision of both stacks, corner decoding and Gaussian soft-NMS are the paper's.
-_base_ = "mmdet::_base_/default_runtime.py"
-custom_imports = dict(imports=["plugins.mm"], allow_failed_imports=False)
+_base_ = "../_base_/shapes_demo.py"
 
 image_size = 128  # Shapes images are 256 px: halved to fit the CPU budget
 num_classes = 6  # plugins.data.shapes.SHAPES_CLASSES
@@ -90,39 +89,14 @@ test_pipeline = [
     ),
 ]
 train_dataloader = dict(
-    batch_size=8,
-    num_workers=1,
-    persistent_workers=True,
-    sampler=dict(type="DefaultSampler", shuffle=True),
     batch_sampler=dict(type="AspectRatioBatchSampler"),
-    dataset=dict(
-        type="PluginsShapesDataset",
-        split="train",
-        filter_cfg=dict(filter_empty_gt=False),
-        pipeline=train_pipeline,
-    ),
+    dataset=dict(pipeline=train_pipeline),
 )
-val_dataloader = dict(
-    batch_size=8,
-    num_workers=1,
-    persistent_workers=True,
-    drop_last=False,
-    sampler=dict(type="DefaultSampler", shuffle=False),
-    dataset=dict(
-        type="PluginsShapesDataset",
-        split="val",
-        test_mode=True,
-        pipeline=test_pipeline,
-    ),
-)
+val_dataloader = dict(dataset=dict(pipeline=test_pipeline))
 test_dataloader = val_dataloader
-val_evaluator = dict(type="PluginsShapesMetric", split="val", metric="bbox")
-test_evaluator = val_evaluator
 
 max_epochs = 24
 train_cfg = dict(type="EpochBasedTrainLoop", max_epochs=max_epochs, val_interval=max_epochs)
-val_cfg = dict(type="ValLoop")
-test_cfg = dict(type="TestLoop")
 # The paper: Adam lr 2.5e-4 (batch 49), linear warm-up, step decay near the end.
 param_scheduler = [
     dict(type="LinearLR", start_factor=0.1, by_epoch=False, begin=0, end=40),
@@ -133,24 +107,4 @@ optim_wrapper = dict(
     optimizer=dict(type="Adam", lr=2e-3),
     clip_grad=dict(max_norm=35, norm_type=2),
 )
-default_hooks = dict(
-    logger=dict(type="LoggerHook", interval=10),
-    checkpoint=dict(type="CheckpointHook", interval=max_epochs, max_keep_ckpts=1),
-    visualization=dict(type="DetVisualizationHook", draw=False),
-)
-env_cfg = dict(
-    cudnn_benchmark=False,
-    mp_cfg=dict(mp_start_method="fork", opencv_num_threads=0),
-    dist_cfg=dict(backend="gloo"),
-)
-log_processor = dict(window_size=10)
-randomness = dict(seed=0)
-
-# the model-zoo file <work_dir>/<config name>-<sha256[:8]>.pth after training (plugins.mm.publish)
-custom_hooks = [
-    # stop on a diverging loss, never write / rotate in a checkpoint with bad weights, and
-    # resume bit-exactly after a kill (plugins.mm.hooks)
-    dict(type="PluginsDivergenceGuardHook"),
-    dict(type="PluginsExactResumeHook"),
-    dict(type="PluginsPublishHook"),
-]
+default_hooks = dict(checkpoint=dict(interval=max_epochs))

@@ -14,11 +14,9 @@
 # 0.194 linear, 0.195 Gaussian. (The Detectron2 demo reaches AP 37-41 with this recipe.)
 _base_ = [
     "mmdet::_base_/models/faster-rcnn_r50_fpn.py",
-    "mmdet::_base_/default_runtime.py",
+    "../_base_/shapes_demo_resnet18.py",
 ]
-custom_imports = dict(imports=["plugins.mm"], allow_failed_imports=False)
 
-image_size = 256
 channels = 64  # FPN, RPN head and RoI features
 model = dict(
     backbone=dict(
@@ -51,95 +49,3 @@ model = dict(
     # dict(type="plugins_soft_nms", method="gaussian", sigma=0.5)
     test_cfg=dict(rcnn=dict(score_thr=0.05, nms=dict(type="nms", iou_threshold=0.5))),
 )
-
-# Mild multi-scale training (shorter edge 224 / 256 / 288, longer edge <= 320), as the
-# Detectron2 demo.
-train_pipeline = [
-    dict(type="LoadImageFromFile"),
-    dict(type="LoadAnnotations", with_bbox=True),
-    dict(
-        type="RandomChoiceResize",
-        scales=[(320, 224), (320, 256), (320, 288)],
-        keep_ratio=True,
-    ),
-    dict(type="RandomFlip", prob=0.5),
-    dict(type="PackDetInputs"),
-]
-test_pipeline = [
-    dict(type="LoadImageFromFile"),
-    dict(type="PluginsCheckImage", scale=(320, image_size)),  # grayscale, shape checks
-    dict(type="Resize", scale=(320, image_size), keep_ratio=True),
-    dict(type="LoadAnnotations", with_bbox=True),
-    dict(
-        type="PackDetInputs",
-        meta_keys=("img_id", "img_path", "ori_shape", "img_shape", "scale_factor"),
-    ),
-]
-train_dataloader = dict(
-    batch_size=8,
-    num_workers=1,
-    persistent_workers=True,
-    sampler=dict(type="DefaultSampler", shuffle=True),
-    dataset=dict(
-        type="PluginsShapesDataset",
-        split="train",
-        filter_cfg=dict(filter_empty_gt=False),  # as the Detectron2 demo
-        pipeline=train_pipeline,
-    ),
-)
-val_dataloader = dict(
-    batch_size=8,
-    num_workers=1,
-    persistent_workers=True,
-    drop_last=False,
-    sampler=dict(type="DefaultSampler", shuffle=False),
-    dataset=dict(
-        type="PluginsShapesDataset",
-        split="val",
-        test_mode=True,
-        pipeline=test_pipeline,
-    ),
-)
-test_dataloader = val_dataloader
-val_evaluator = dict(type="PluginsShapesMetric", split="val", metric="bbox")
-test_evaluator = val_evaluator
-
-# AdamW lr 1e-3 (no decay on norms), 50 warm-up iterations from 1 %, cosine to 0; 8 epochs of
-# 40 iterations (320), as the Detectron2 demo.
-max_epochs = 8
-iters = max_epochs * 40  # 320 training images, batch 8
-train_cfg = dict(type="EpochBasedTrainLoop", max_epochs=max_epochs, val_interval=max_epochs)
-val_cfg = dict(type="ValLoop")
-test_cfg = dict(type="TestLoop")
-param_scheduler = [
-    dict(type="LinearLR", start_factor=0.01, by_epoch=False, begin=0, end=50),
-    dict(type="CosineAnnealingLR", by_epoch=False, begin=50, end=iters, T_max=iters - 50),
-]
-optim_wrapper = dict(
-    type="OptimWrapper",
-    optimizer=dict(type="AdamW", lr=1e-3, weight_decay=1e-4),
-    paramwise_cfg=dict(norm_decay_mult=0.0),
-    clip_grad=dict(max_norm=10.0, norm_type=2),
-)
-default_hooks = dict(
-    logger=dict(type="LoggerHook", interval=10),
-    checkpoint=dict(type="CheckpointHook", interval=max_epochs, max_keep_ckpts=1),
-    visualization=dict(type="DetVisualizationHook", draw=False),
-)
-env_cfg = dict(
-    cudnn_benchmark=False,
-    mp_cfg=dict(mp_start_method="fork", opencv_num_threads=0),
-    dist_cfg=dict(backend="gloo"),
-)
-auto_scale_lr = dict(enable=False, base_batch_size=8)
-log_processor = dict(window_size=10)
-randomness = dict(seed=0)
-
-custom_hooks = [
-    # stop on a diverging loss, never write / rotate in a checkpoint with bad weights, resume
-    # bit-exactly after a kill, and publish <work_dir>/<config name>-<sha256[:8]>.pth at the end
-    # (plugins.mm.hooks, plugins.mm.publish)
-    dict(type="PluginsDivergenceGuardHook"),
-    dict(type="PluginsExactResumeHook"),
-    dict(type="PluginsPublishHook"),
-]
