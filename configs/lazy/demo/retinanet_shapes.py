@@ -28,7 +28,7 @@ model.pixel_std = [57.375, 57.120, 58.395]  # BGR ImageNet std (BN trained from 
 model.nms_type = "gaussian"
 
 dataloader = shapes_loaders(shortest_edge((224, 256, 288), 320), 256, 320, "BGR", workers=0)
-optimizer = adamw(0.001, 0.0001)
+optimizer = adamw(0.001, 0.0001, clip_norm=10.0)  # joint clip, as the YAML and the mm demo
 lr_multiplier = warmup_cosine(320, 50, 0.01)
 cpu_demo(train, 320, "retinanet_shapes")
 train.init_checkpoint = ""
