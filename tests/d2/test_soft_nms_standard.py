@@ -73,6 +73,16 @@ def recorder(monkeypatch):
     return calls
 
 
+def _dense_predict(model: torch.nn.Module):
+    """A dense detector's (RetinaNet, FCOS) predictions for :func:`_image`, without
+    ``DenseDetector.forward``'s final resize and clip (the boxes as they left the NMS)."""
+    with torch.no_grad():
+        images = model.preprocess_image(_image())
+        features = model.backbone(images.tensor)
+        features = [features[f] for f in model.head_in_features]
+        return model.forward_inference(images, features, model.head(features))[0]
+
+
 def _check_final(pred, call, topk: int) -> None:
     boxes, scores, idxs, args, _, _ = call
     ref_keep, ref_scores = batched_soft_nms(boxes, scores, idxs, *args)
@@ -155,11 +165,7 @@ def test_retinanet(recorder):
         get_config_file("COCO-Detection/retinanet_R_50_FPN_1x.yaml"), "MODEL.NMS.TYPE", "linear"
     )
     model = build_model(cfg).eval()
-    with torch.no_grad():  # DenseDetector.forward without the final resize / clip
-        images = model.preprocess_image(_image())
-        features = model.backbone(images.tensor)
-        features = [features[f] for f in model.head_in_features]
-        pred = model.forward_inference(images, features, model.head(features))[0]
+    pred = _dense_predict(model)
     assert len(recorder) == 1 and recorder[0][3][0] == "linear"
     boxes, scores, idxs, args, _, _ = recorder[0]
     ref_keep, ref_scores = batched_soft_nms(boxes, scores, idxs, *args)
@@ -171,6 +177,34 @@ def test_retinanet(recorder):
     assert type(model.test_nms_thresh) is float
     assert d2_soft_nms.enable_soft_nms(model, method="gaussian", sigma=0.3) == 1
     assert model.test_nms_thresh.sigma == 0.3 and model.test_nms_thresh == 0.5
+
+
+def test_fcos_through_enable_soft_nms(recorder):
+    # Detectron2's FCOS has no yacs config: built in Python as its LazyConfig does, on the
+    # RetinaNet model zoo's P3-P7 backbone, then switched with enable_soft_nms
+    from detectron2.modeling.meta_arch.fcos import FCOS, FCOSHead
+
+    backbone = build_model(
+        _cfg(get_config_file("COCO-Detection/retinanet_R_50_FPN_1x.yaml"))
+    ).backbone
+    levels = ["p3", "p4", "p5", "p6", "p7"]
+    shapes = backbone.output_shape()
+    model = FCOS(
+        backbone=backbone,
+        head=FCOSHead(input_shape=[shapes[f] for f in levels], conv_dims=[32], num_classes=5),
+        head_in_features=levels,
+        num_classes=5,
+        test_score_thresh=0.05,
+        pixel_mean=[103.53, 116.28, 123.675],
+        pixel_std=[1.0, 1.0, 1.0],
+    ).eval()
+    _confident_(model)
+    with torch.no_grad():  # every point predicts a box 8 strides wide: neighbours overlap
+        model.head.bbox_pred.bias.fill_(4.0)
+    assert d2_soft_nms.enable_soft_nms(model, method="gaussian", sigma=0.5) == 1
+    pred = _dense_predict(model)
+    assert len(recorder) == 1 and recorder[0][3][0] == "gaussian"
+    _check_final(pred, recorder[0], model.max_detections_per_image)
 
 
 def test_soft_threshold_survives_copy_and_rejects_bad_settings():
