@@ -31,8 +31,10 @@ a diverging run and refuses checkpoints with non-finite or exploded weights; ``t
 an exponential moving average of the weights, checkpointed under ``"ema"`` and used for every
 evaluation (and by ``--eval-only``); ``train.publish`` writes the model-zoo file
 ``<output_dir>/<name>-<sha256[:8]>.pth`` at the end of training (:mod:`plugins.d2.publish`);
-``train.seed``; ``--num-gpus N`` on the CPU with gloo (:mod:`plugins.d2.launch`). A bad
-config, key, dataset or checkpoint, or a diverging loss, stops the run with exit status 1 and
+``--resume`` after a kill ends with the same weights as an uninterrupted run
+(:mod:`plugins.d2.resume`: the train loader continues at the resumed iteration, every iteration
+is reseeded from ``train.seed``, which the checkpoint keeps); ``--num-gpus N`` on the CPU with
+gloo (:mod:`plugins.d2.launch`). A bad config, key, dataset or checkpoint, or a diverging loss, stops the run with exit status 1 and
 one line ``lazyconfig_train_net.py: error: ...``.
 """
 
@@ -82,6 +84,12 @@ from plugins.d2.guard import divergence_as_error, install_divergence_guard  # no
 from plugins.d2.launch import cpu_launch_problem, launch  # noqa: E402
 from plugins.d2.lazy import LazyConfigError, lazy_config_text, load_lazy_config  # noqa: E402
 from plugins.d2.publish import publish_state  # noqa: E402
+from plugins.d2.resume import (  # noqa: E402
+    build_lazy_train_loader,
+    install_exact_resume,
+    resolve_seed,
+    restart_train_loader,
+)
 from plugins.data.check import DatasetCheckError  # noqa: E402
 from plugins.guard import DivergenceError, LossMonitor  # noqa: E402
 
@@ -235,7 +243,11 @@ def do_train(args, cfg) -> dict:
     logger.info("Model:\n%s", model)
     cfg.optimizer.params.model = model
     optimizer = instantiate(cfg.optimizer)
-    train_loader = instantiate(cfg.dataloader.train)
+    seed = resolve_seed(cfg.train.get("seed", -1))
+    try:  # a loader that can start at any iteration (exact resume)
+        train_loader = build_lazy_train_loader(cfg.dataloader.train, seed)
+    except ValueError as e:  # e.g. a total batch size the processes cannot share
+        raise LazyConfigError(str(e)) from e
     model = _ddp(model, cfg)
     trainer_cls = AMPTrainer if cfg.train.amp.enabled else SimpleTrainer
     trainer = trainer_cls(model, train_loader, optimizer)
@@ -277,15 +289,20 @@ def do_train(args, cfg) -> dict:
         )
         if hook is not None
     ]
+    # first: reseeds every iteration; its seed and data layout go into the checkpoints
+    install_exact_resume(trainer, hook_list, seed, checkpointer)
     # after the LR scheduler, before the checkpointer, which it keeps from writing bad weights
     guard = install_divergence_guard(trainer, hook_list, _guard_options(cfg), checkpointer)
     trainer.register_hooks(hook_list)
     resumed = _load_for_training(checkpointer, cfg.train.init_checkpoint, args.resume)
+    start_iter = trainer.iter + 1 if resumed else 0
+    if resumed:  # the saved seed is back in the loader: continue at the resumed iteration
+        restart_train_loader(trainer, start_iter)
     if ema is not None and not resumed:  # start the average from the (loaded) weights
         ema.state = ModelEMA(model, ema.decay, ema.warmup).state
         ema.num_updates = 0
     with divergence_as_error(trainer, guard):  # Detectron2's "Loss became infinite or NaN"
-        trainer.train(trainer.iter + 1 if resumed else 0, cfg.train.max_iter)
+        trainer.train(start_iter, cfg.train.max_iter)
 
     publish = dict(cfg.train.get("publish") or {})
     # after a complete run Detectron2 leaves trainer.iter at max_iter

@@ -18,21 +18,31 @@ optimizer state, so a resumed run ends with different weights. Here (see :mod:`p
 - :func:`restart_train_loader`: after ``resume_or_load``, the loader continues at
   ``start_iter``.
 
-The run's seed is ``SEED`` when it is >= 0, else a random seed shared by the processes; it is
-saved, so a resumed run continues the same sequence. Changing ``SOLVER.IMS_PER_BATCH``, the
-number of processes or the dataset between the two runs makes the data differ (a warning says so).
+The same pieces serve ``tools/lazyconfig_train_net.py``: :func:`build_lazy_train_loader` builds
+the loader from a LazyConfig's ``dataloader.train`` node, and :func:`install_exact_resume` /
+:func:`restart_train_loader` take the seed, checkpointer and start iteration explicitly for its
+plain ``SimpleTrainer``.
+
+The run's seed is ``SEED`` (``train.seed``) when it is >= 0, else a random seed shared by the
+processes; it is saved, so a resumed run continues the same sequence. Changing
+``SOLVER.IMS_PER_BATCH``, the number of processes or the dataset between the two runs makes the
+data differ (a warning says so).
 """
 
 from __future__ import annotations
 
+import inspect
 import logging
 from collections.abc import Callable, Iterator, Sequence
 
 import torch
+from detectron2.config import instantiate
 from detectron2.data import DatasetFromList, build_detection_train_loader
-from detectron2.engine import DefaultTrainer, HookBase
+from detectron2.data.samplers import TrainingSampler
+from detectron2.engine import HookBase
 from detectron2.engine.train_loop import TrainerBase
 from detectron2.utils import comm
+from detectron2.utils.registry import locate
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from plugins.resume import STEP, BatchPlan, derive_seed, isolated_rng, seed_all
@@ -40,9 +50,11 @@ from plugins.resume import STEP, BatchPlan, derive_seed, isolated_rng, seed_all
 __all__ = [
     "ExactResumeHook",
     "ResumableTrainLoader",
+    "build_lazy_train_loader",
     "build_resumable_train_loader",
     "checkpoint_training_state",
     "install_exact_resume",
+    "resolve_seed",
     "restart_train_loader",
     "run_seed",
 ]
@@ -50,9 +62,15 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 
+def resolve_seed(seed: int) -> int:
+    """``seed`` when >= 0, else a random seed that every process of the run shares (every
+    process must call it)."""
+    return int(seed) if seed >= 0 else int(comm.shared_random_seed())
+
+
 def run_seed(cfg) -> int:
     """``cfg.SEED`` when >= 0, else a random seed that every process of the run shares."""
-    return int(cfg.SEED) if cfg.SEED >= 0 else int(comm.shared_random_seed())
+    return resolve_seed(cfg.SEED)
 
 
 def _identity(batch):
@@ -172,20 +190,84 @@ def build_resumable_train_loader(cfg, mapper: Callable, dataset=None) -> Resumab
         )
         return build_detection_train_loader(cfg, mapper=mapper, dataset=dataset)
     args = build_detection_train_loader.from_config(cfg, mapper=mapper, dataset=dataset)
+    return _per_process_loader(args, run_seed(cfg), "SOLVER.IMS_PER_BATCH")
+
+
+def _per_process_loader(args: dict, seed: int, batch_key: str, shuffle: bool = True):
+    """A :class:`ResumableTrainLoader` of ``build_detection_train_loader``'s arguments
+    (``dataset``, ``mapper``, ``total_batch_size``, ``aspect_ratio_grouping``,
+    ``num_workers``); ``batch_key`` names the total batch size in errors."""
     world_size = comm.get_world_size()
     if args["total_batch_size"] % world_size:
         raise ValueError(
-            f"SOLVER.IMS_PER_BATCH: {args['total_batch_size']} is not divisible by the "
+            f"{batch_key}: {args['total_batch_size']} is not divisible by the "
             f"{world_size} processes"
         )
     return ResumableTrainLoader(
         args["dataset"],
         args["mapper"],
         args["total_batch_size"] // world_size,
-        seed=run_seed(cfg),
+        seed=seed,
         aspect_ratio_grouping=args["aspect_ratio_grouping"],
         num_workers=args["num_workers"],
+        shuffle=shuffle,
     )
+
+
+def _target(node) -> object:
+    """The callable of a LazyCall node (``_target_`` may be an object or a dotted name)."""
+    target = node.get("_target_") if hasattr(node, "get") else None
+    return locate(target) if isinstance(target, str) else target
+
+
+def build_lazy_train_loader(node, seed: int, key: str = "dataloader.train"):
+    """A LazyConfig's ``dataloader.train`` node as a :class:`ResumableTrainLoader`.
+
+    The node must call Detectron2's ``build_detection_train_loader`` with the default sampler
+    or a ``TrainingSampler`` (whose ``shuffle`` is kept) and no ``collate_fn``; its ``dataset``
+    and ``mapper`` are instantiated separately; ``total_batch_size``, ``num_workers`` and
+    ``aspect_ratio_grouping`` are read from the node (Detectron2's defaults when absent).
+    Anything else is ``instantiate(node)``, Detectron2's own loader, which cannot resume
+    exactly (a warning says so).
+
+    Args:
+        node: the ``dataloader.train`` LazyCall node.
+        seed: the run's seed (:func:`resolve_seed`).
+        key: the node's name, for messages.
+
+    Raises:
+        ValueError: no ``total_batch_size``, or one not divisible by the number of processes.
+    """
+    sampler = node.get("sampler")
+    problem = None
+    if _target(node) is not build_detection_train_loader:
+        problem = f"{key} is not build_detection_train_loader"
+    elif sampler is not None and _target(sampler) is not TrainingSampler:
+        problem = f"{key}.sampler is not a TrainingSampler"
+    elif node.get("collate_fn") is not None:
+        problem = f"{key}.collate_fn is set"
+    if problem is None:
+        dataset = instantiate(node.dataset)
+        if isinstance(dataset, IterableDataset):
+            problem = f"{key}.dataset is an iterable dataset"
+    if problem is not None:
+        logger.warning(
+            "%s: Detectron2's own loader, a resumed run will not see the same batches (exact "
+            "resume supports build_detection_train_loader with a TrainingSampler)",
+            problem,
+        )
+        return instantiate(node)
+    if node.get("total_batch_size") is None:
+        raise ValueError(f"{key}.total_batch_size: missing (the images per iteration)")
+    defaults = inspect.signature(build_detection_train_loader).parameters
+    args = {
+        name: node.get(name, defaults[name].default)
+        for name in ("total_batch_size", "aspect_ratio_grouping", "num_workers")
+    }
+    mapper = instantiate(node.get("mapper"))
+    args.update(dataset=dataset, mapper=_identity if mapper is None else mapper)
+    shuffle = True if sampler is None else bool(sampler.get("shuffle", True))
+    return _per_process_loader(args, seed, f"{key}.total_batch_size", shuffle)
 
 
 class ExactResumeHook(HookBase):
@@ -235,51 +317,75 @@ class ExactResumeHook(HookBase):
             )
 
 
-def checkpoint_training_state(trainer: DefaultTrainer) -> None:
+def checkpoint_training_state(trainer: TrainerBase, checkpointer=None) -> None:
     """Save the optimizer (and AMP's grad scaler) in the checkpoints, as resuming needs.
 
     Detectron2 0.6's ``DefaultTrainer`` checkpoints neither (later versions save them in the
     trainer's state); without them a resumed AdamW restarts its moments and the first resumed
-    iteration runs with the initial learning rate.
+    iteration runs with the initial learning rate. A ``SimpleTrainer`` / ``AMPTrainer``
+    (checkpointed as ``trainer=``) saves both in its own state already: nothing to add.
+
+    Args:
+        trainer: a ``DefaultTrainer``, or a ``SimpleTrainer`` with its checkpointer.
+        checkpointer: default ``trainer.checkpointer``.
     """
     if type(trainer).state_dict is not TrainerBase.state_dict:
-        return  # this Detectron2 saves the inner trainer's state (optimizer, grad scaler)
-    checkpointer = trainer.checkpointer
+        return  # this trainer saves the optimizer and grad scaler in its own state
+    checkpointer = trainer.checkpointer if checkpointer is None else checkpointer
+    inner = getattr(trainer, "_trainer", trainer)
     if "optimizer" not in checkpointer.checkpointables:
-        checkpointer.add_checkpointable("optimizer", trainer.optimizer)
-    scaler = getattr(trainer._trainer, "grad_scaler", None)
+        checkpointer.add_checkpointable("optimizer", inner.optimizer)
+    scaler = getattr(inner, "grad_scaler", None)
     if scaler is not None and "grad_scaler" not in checkpointer.checkpointables:
         checkpointer.add_checkpointable("grad_scaler", scaler)
 
 
-def restart_train_loader(trainer: DefaultTrainer) -> None:
-    """Make the trainer's next batch the one of ``trainer.start_iter`` (call after loading)."""
+def restart_train_loader(trainer: TrainerBase, start_iter: int | None = None) -> None:
+    """Make the trainer's next batch the one of ``start_iter`` (call after loading).
+
+    Args:
+        trainer: a ``DefaultTrainer`` or a ``SimpleTrainer`` / ``AMPTrainer``.
+        start_iter: default ``trainer.start_iter`` (a ``DefaultTrainer``'s, after
+            ``resume_or_load``).
+    """
+    start_iter = trainer.start_iter if start_iter is None else start_iter
     loader = trainer.data_loader
     if not isinstance(loader, ResumableTrainLoader):
         logger.warning(
             "the train loader (%s) cannot start at iteration %d: it restarts from its first batch",
             type(loader).__name__,
-            trainer.start_iter,
+            start_iter,
         )
         return
-    loader.start_iter = trainer.start_iter
-    inner = trainer._trainer
+    loader.start_iter = start_iter
+    inner = getattr(trainer, "_trainer", trainer)
     if hasattr(inner, "_data_loader_iter_obj"):  # Detectron2 after v0.6: created lazily
         inner._data_loader_iter_obj = None
     else:
         inner._data_loader_iter = iter(loader)
 
 
-def install_exact_resume(trainer: DefaultTrainer, hooks: list[HookBase]) -> ExactResumeHook:
+def install_exact_resume(
+    trainer: TrainerBase, hooks: list[HookBase], seed: int | None = None, checkpointer=None
+) -> ExactResumeHook:
     """Put an :class:`ExactResumeHook` first in ``hooks`` and checkpoint the training state.
 
-    Call it from ``build_hooks`` (the checkpointer exists by then).
+    Call it from ``build_hooks`` (the checkpointer exists by then), or, for a
+    ``SimpleTrainer``, before registering ``hooks``.
+
+    Args:
+        trainer: a ``DefaultTrainer``, or a ``SimpleTrainer`` with ``seed`` and
+            ``checkpointer``.
+        hooks: the trainer's hooks, changed in place.
+        seed: the run's seed when the loader is not a :class:`ResumableTrainLoader` (which
+            has its own); default :func:`run_seed` of ``trainer.cfg``.
+        checkpointer: default ``trainer.checkpointer``.
     """
     loader = trainer.data_loader
     if isinstance(loader, ResumableTrainLoader):
         hook = ExactResumeHook(loader.seed, loader)
     else:
-        hook = ExactResumeHook(run_seed(trainer.cfg))
-    checkpoint_training_state(trainer)
+        hook = ExactResumeHook(run_seed(trainer.cfg) if seed is None else seed)
+    checkpoint_training_state(trainer, checkpointer)
     hooks.insert(0, hook)
     return hook
