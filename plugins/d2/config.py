@@ -165,9 +165,10 @@ def _add_input_config(cfg: CN) -> None:
     if "SCALE_JITTER" in cfg.INPUT:
         return
     cfg.INPUT.SCALE_JITTER = node = CN()
-    # EfficientDet training augmentation: resize the image by a random factor in
-    # [MIN_SCALE, MAX_SCALE] of the SIZE x SIZE target (keeping the aspect ratio), then crop /
-    # pad to SIZE x SIZE (detectron2's ResizeScale + FixedSizeCrop). Replaces INPUT.MIN_SIZE_TRAIN.
+    # EfficientDet training augmentation: flip (INPUT.RANDOM_FLIP), resize the image by a random
+    # factor in [MIN_SCALE, MAX_SCALE] of the SIZE x SIZE target (keeping the aspect ratio), then
+    # a random crop (independent offsets) or padding at the right and bottom to SIZE x SIZE
+    # (plugins.d2.augment). Replaces INPUT.MIN_SIZE_TRAIN.
     node.ENABLED = False
     node.MIN_SCALE = 0.1
     node.MAX_SCALE = 2.0

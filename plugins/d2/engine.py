@@ -43,6 +43,7 @@ from plugins.core.variants import get_variant
 from plugins.safe_load import CheckpointError
 
 from ._compat import HAS_D2_C
+from .augment import scale_jitter_augmentations
 from .data_check import check_dataset_contents, drop_bad_ground_truth
 from .datasets import check_datasets, prepare_dataset, register_config_datasets
 from .ema import EMAHook, ModelEMA, unwrap_model
@@ -112,25 +113,16 @@ def load_checkpoint(cfg, model: nn.Module, path: str) -> bool:
 def build_train_augmentations(cfg) -> list[T.Augmentation]:
     """Training augmentations: ``INPUT.SCALE_JITTER`` if enabled, else Detectron2's defaults.
 
-    With scale jitter: ``ResizeScale(MIN_SCALE, MAX_SCALE, S, S)`` then ``FixedSizeCrop((S, S))``
-    (pads smaller images) and a horizontal flip, ``S = SIZE`` or the variant's image size.
+    With scale jitter (:func:`plugins.d2.augment.scale_jitter_augmentations`): the flip
+    (``INPUT.RANDOM_FLIP``), ``ResizeScale(MIN_SCALE, MAX_SCALE, S, S)``, then a random
+    ``S x S`` crop with independent offsets that pads smaller images at the right and bottom,
+    ``S = SIZE`` or the variant's image size.
     """
     node = cfg.INPUT.SCALE_JITTER
     if not node.ENABLED:
         return DatasetMapper(cfg, True).augmentations.augs
     size = node.SIZE or get_variant(cfg.MODEL.EFFICIENTDET.VARIANT).image_size
-    augs: list[T.Augmentation] = [
-        T.ResizeScale(node.MIN_SCALE, node.MAX_SCALE, size, size),
-        T.FixedSizeCrop((size, size)),
-    ]
-    if cfg.INPUT.RANDOM_FLIP != "none":
-        augs.append(
-            T.RandomFlip(
-                horizontal=cfg.INPUT.RANDOM_FLIP == "horizontal",
-                vertical=cfg.INPUT.RANDOM_FLIP == "vertical",
-            )
-        )
-    return augs
+    return scale_jitter_augmentations(size, node.MIN_SCALE, node.MAX_SCALE, cfg.INPUT.RANDOM_FLIP)
 
 
 @contextlib.contextmanager

@@ -10,19 +10,20 @@ from detectron2.data import (
 )
 from omegaconf import OmegaConf
 
+from plugins.d2.augment import RandomFixedSizeCrop
 from plugins.d2.lazy import coco_evaluator
 
 
 def scale_jitter(size, min_scale, max_scale, flip=True):
-    """INPUT.SCALE_JITTER: random rescale of the size x size target, crop/pad, flip."""
-    augs = [
+    """INPUT.SCALE_JITTER: flip, random rescale of the size x size target, crop (independent
+    offsets) or pad at the right and bottom (plugins.d2.augment)."""
+    augs = [L(T.RandomFlip)(horizontal=True)] if flip else []
+    augs += [
         L(T.ResizeScale)(
             min_scale=min_scale, max_scale=max_scale, target_height=size, target_width=size
         ),
-        L(T.FixedSizeCrop)(crop_size=(size, size)),
+        L(RandomFixedSizeCrop)(crop_size=(size, size)),
     ]
-    if flip:
-        augs.append(L(T.RandomFlip)(horizontal=True))
     return augs
 
 
