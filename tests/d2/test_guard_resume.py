@@ -93,15 +93,17 @@ def _bad_checkpoints(out: Path) -> list[str]:
     return bad
 
 
-@pytest.mark.parametrize(
-    "lr, message",
-    [
-        # the weights explode while the loss is still finite: the first checkpoint is refused
-        ("1e4", "refusing to write checkpoint model_0000001: "),
-        # NaN loss: Detectron2's FloatingPointError, as one line with the learning rate
-        ("1e30", "training diverged at iteration 1: the loss is not finite (losses {"),
-    ],
-)
+#: Learning rates that make the demo diverge, and the one line each must end with (shared with
+#: the LazyConfig tool's test).
+DIVERGENCE_CASES = [
+    # the weights explode while the loss is still finite: the first checkpoint is refused
+    ("1e4", "refusing to write checkpoint model_0000001: "),
+    # NaN loss: Detectron2's FloatingPointError, as one line with the learning rate
+    ("1e30", "training diverged at iteration 1: the loss is not finite (losses {"),
+]
+
+
+@pytest.mark.parametrize("lr, message", DIVERGENCE_CASES)
 def test_diverging_run_stops_with_one_line(tmp_path, single_thread, lr, message):
     out, log = tmp_path / "out", tmp_path / "log"
     argv = ["--config-file", DEMO, *RUN, "SOLVER.BASE_LR", lr, "SOLVER.CLIP_GRADIENTS.ENABLED"]

@@ -18,6 +18,7 @@ import torch
 
 from plugins.safe_load import load_checkpoint_file
 from tests.coco_files import edit_json, write_coco
+from tests.d2.test_guard_resume import DIVERGENCE_CASES
 from tests.d2.test_lazyconfig import DEMO, REPO, TINY
 from tests.forked import exit_code, run_forked
 from tests.own_coco import write_own_coco
@@ -167,15 +168,7 @@ def _bad_weights(out: Path) -> list[str]:
     return bad
 
 
-@pytest.mark.parametrize(
-    "lr, message",
-    [
-        # the weights explode while the loss is still finite: the first checkpoint is refused
-        ("1e4", "refusing to write checkpoint model_0000001: "),
-        # NaN loss: Detectron2's FloatingPointError, as one line with the learning rate
-        ("1e30", "training diverged at iteration 1: the loss is not finite (losses {"),
-    ],
-)
+@pytest.mark.parametrize("lr, message", DIVERGENCE_CASES)
 def test_diverging_run_stops_with_one_line(tmp_path, single_thread, lr, message):
     out, log = tmp_path / "out", tmp_path / "log"
     argv = ["--config-file", DEMO, *TINY, "train.max_iter=6", "train.checkpointer.period=2"]
