@@ -74,6 +74,7 @@ from plugins.d2.data_check import (  # noqa: E402
 )
 from plugins.d2.datasets import (  # noqa: E402
     DatasetMissingError,
+    add_coco_dataset_argument,
     check_datasets,
     lazy_dataset_hint,
     register_coco_json_datasets,
@@ -368,14 +369,9 @@ def check_config(cfg, args) -> None:
 def run(argv: list[str] | None = None) -> int:
     """Parse ``argv``, check the config, then launch ``main`` on every process."""
     parser = default_argument_parser()
-    parser.add_argument(
-        COCO_DATASET_KEY,
-        nargs=3,
-        action="append",
-        metavar=("NAME", "JSON", "IMAGE_ROOT"),
-        help="register your COCO-format dataset NAME (annotations JSON, images under "
-        "IMAGE_ROOT), then use it with dataloader.train.dataset.names=NAME / "
-        "dataloader.test.dataset.names=NAME; repeatable",
+    add_coco_dataset_argument(
+        parser,
+        "use it with dataloader.train.dataset.names=NAME / dataloader.test.dataset.names=NAME",
     )
     args = parser.parse_args(argv)
     try:

@@ -42,6 +42,7 @@ from plugins.d2 import add_plugins_config  # noqa: E402
 from plugins.d2.data_check import check_dataset_contents  # noqa: E402
 from plugins.d2.datasets import (  # noqa: E402
     DatasetMissingError,
+    add_coco_dataset_argument,
     check_datasets,
     register_config_datasets,
 )
@@ -112,13 +113,8 @@ def main(args) -> dict | None:
 def run(argv: list[str] | None = None) -> int:
     """Parse ``argv``, check config and datasets, then launch ``main`` on every process."""
     parser = default_argument_parser()
-    parser.add_argument(
-        "--coco-dataset",
-        nargs=3,
-        action="append",
-        metavar=("NAME", "JSON", "IMAGE_ROOT"),
-        help="register a COCO-format dataset NAME (annotation file JSON, images under "
-        "IMAGE_ROOT) for DATASETS.TRAIN / DATASETS.TEST; repeatable (adds to DATASETS.COCO_JSON)",
+    add_coco_dataset_argument(
+        parser, "name it in DATASETS.TRAIN / DATASETS.TEST (adds to DATASETS.COCO_JSON)"
     )
     args = parser.parse_args(argv)
     try:

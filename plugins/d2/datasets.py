@@ -30,6 +30,7 @@ __all__ = [
     "register_shapes",
     "prepare_dataset",
     "check_datasets",
+    "add_coco_dataset_argument",
     "register_coco_json_datasets",
     "register_config_datasets",
     "COCO_JSON_KEY",
@@ -142,6 +143,23 @@ def register_shapes() -> None:
             continue
         DatasetCatalog.register(name, lambda name=name, split=split: _load_shapes(name, split))
         _set_static_metadata(name)
+
+
+def add_coco_dataset_argument(parser, usage: str) -> None:
+    """Add the tools' ``--coco-dataset NAME JSON IMAGE_ROOT`` option (repeatable) to ``parser``.
+
+    Args:
+        parser: an ``argparse`` parser (Detectron2's ``default_argument_parser()``).
+        usage: how the tool's config then names the dataset, for the help text.
+    """
+    parser.add_argument(
+        "--coco-dataset",
+        nargs=3,
+        action="append",
+        metavar=("NAME", "JSON", "IMAGE_ROOT"),
+        help="register a COCO-format dataset NAME (annotation file JSON, images under "
+        f"IMAGE_ROOT), then {usage}; repeatable",
+    )
 
 
 def register_coco_json_datasets(entries: Iterable, key: str = COCO_JSON_KEY) -> list[str]:
